@@ -1,0 +1,423 @@
+"""Daemon configuration: frozen dataclasses loaded from TOML, validated with one clear line.
+
+Every field has an embedded default, so ``ferretd`` runs with no file at all. A file only needs
+the keys it changes. Unknown sections or keys, wrong types and out-of-range values raise
+:class:`ConfigError` whose message names the key (``[ingest] queue_capacity: ...``); the CLI
+prints that line and exits 2.
+
+Directories follow systemd: ``$RUNTIME_DIRECTORY`` holds the ipc sockets and
+``$STATE_DIRECTORY`` the snapshots and checkpoints. Without systemd the runtime directory is
+``$XDG_RUNTIME_DIR/ferretd`` (else ``/tmp/ferretd-$UID``) and the state directory
+``$XDG_STATE_HOME/ferretd`` (else ``~/.local/state/ferretd``). Endpoints left empty in the file
+are derived from the runtime directory, which is how ``ferretctl`` finds the control socket.
+
+Stdlib only (architecture rule 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as one line that names the offending key."""
+
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    runtime_dir: str = ""
+    state_dir: str = ""
+    log_level: str = "info"
+    torch_threads: int = 1
+    shutdown_timeout_s: float = 30.0
+
+    def check(self) -> None:
+        _choice("daemon", "log_level", self.log_level, ("debug", "info", "warning", "error"))
+        _at_least("daemon", "torch_threads", self.torch_threads, 1)
+        _positive("daemon", "shutdown_timeout_s", self.shutdown_timeout_s)
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    endpoint: str = ""
+    queue_capacity: int = 4096
+    overflow: str = "drop_oldest"
+    max_message_bytes: int = 1 << 20
+    max_devices: int = 10_000
+
+    def check(self) -> None:
+        _endpoint("ingest", "endpoint", self.endpoint)
+        _at_least("ingest", "queue_capacity", self.queue_capacity, 1)
+        _choice("ingest", "overflow", self.overflow, ("drop_oldest", "drop_newest"))
+        _at_least("ingest", "max_message_bytes", self.max_message_bytes, 64)
+        _at_least("ingest", "max_devices", self.max_devices, 1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "mlp"
+    input_shape: tuple[int, ...] = (64,)
+    num_classes: int = 10
+    hidden: tuple[int, ...] = (128, 64)
+    channels: tuple[int, ...] = (8, 16)
+    factory: str = ""
+
+    def check(self) -> None:
+        _choice("model", "name", self.name, ("mlp", "convnet", "custom"))
+        if not self.input_shape or any(d < 1 for d in self.input_shape):
+            raise ConfigError(f"[model] input_shape: dimensions must be >= 1, got {list(self.input_shape)}")
+        _at_least("model", "num_classes", self.num_classes, 2)
+        if any(h < 1 for h in self.hidden):
+            raise ConfigError(f"[model] hidden: layer widths must be >= 1, got {list(self.hidden)}")
+        if any(c < 1 for c in self.channels):
+            raise ConfigError(f"[model] channels: must be >= 1, got {list(self.channels)}")
+        if self.name == "custom" and ":" not in self.factory:
+            raise ConfigError("[model] factory: name 'custom' needs factory = 'package.module:function'")
+        if self.name == "convnet" and len(self.input_shape) != 3:
+            raise ConfigError(
+                f"[model] input_shape: convnet needs (channels, height, width), got {list(self.input_shape)}"
+            )
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    microbatch: int = 1
+    seed: int = 0
+
+    def check(self) -> None:
+        _positive("training", "lr", self.lr)
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigError(f"[training] momentum: must be in [0, 1), got {self.momentum}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"[training] weight_decay: must be >= 0, got {self.weight_decay}")
+        _at_least("training", "microbatch", self.microbatch, 1)
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    window: int = 500
+
+    def check(self) -> None:
+        _at_least("metrics", "window", self.window, 1)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Hand-set pipeline shape; ``plan = "auto"`` lets the planner choose instead."""
+
+    plan: str = "manual"
+    stages: int = 1
+    partition: tuple[int, ...] = ()
+    workers: int = 1
+    recompute: bool = False
+    accumulation: int = 1
+    omit_stages: tuple[int, ...] = ()
+    executor: str = "realtime"
+
+    def check(self) -> None:
+        _choice("pipeline", "plan", self.plan, ("manual", "auto"))
+        _at_least("pipeline", "stages", self.stages, 1)
+        _at_least("pipeline", "workers", self.workers, 1)
+        _at_least("pipeline", "accumulation", self.accumulation, 1)
+        _choice("pipeline", "executor", self.executor, ("realtime", "virtual"))
+        if self.partition and len(self.partition) != self.stages - 1:
+            raise ConfigError(
+                f"[pipeline] partition: {self.stages} stages need {self.stages - 1} cut points, "
+                f"got {list(self.partition)}"
+            )
+
+
+@dataclass(frozen=True)
+class CompensationConfig:
+    method: str = "iter_fisher"
+    lambda0: float = 0.04
+    nu: float = 1e-3
+    alpha: float = 0.9
+    eta_lambda: float = 0.0
+    fit: str = "closed_form"
+    scope: str = "stage"
+
+    def check(self) -> None:
+        _choice(
+            "compensation",
+            "method",
+            self.method,
+            ("none", "step_aware", "gap_aware", "fisher", "iter_fisher"),
+        )
+        if self.lambda0 < 0:
+            raise ConfigError(f"[compensation] lambda0: must be >= 0, got {self.lambda0}")
+        if self.nu < 0:
+            raise ConfigError(f"[compensation] nu: must be >= 0, got {self.nu}")
+        if not 0.0 <= self.alpha < 1.0:
+            raise ConfigError(f"[compensation] alpha: must be in [0, 1), got {self.alpha}")
+        if self.eta_lambda < 0:
+            raise ConfigError(f"[compensation] eta_lambda: must be >= 0, got {self.eta_lambda}")
+        _choice("compensation", "fit", self.fit, ("closed_form", "gradient"))
+        _choice("compensation", "scope", self.scope, ("stage", "tensor"))
+
+
+@dataclass(frozen=True)
+class PlannerConfig:
+    memory_cap_bytes: int = 0
+    safety_factor: float = 0.8
+    replan_check_s: float = 5.0
+    hysteresis: float = 0.15
+    max_workers: int = 4
+    max_stages: int = 4
+
+    def check(self) -> None:
+        if self.memory_cap_bytes < 0:
+            raise ConfigError(f"[planner] memory_cap_bytes: must be >= 0 (0 = no cap), got {self.memory_cap_bytes}")
+        if not 0.0 < self.safety_factor <= 1.0:
+            raise ConfigError(f"[planner] safety_factor: must be in (0, 1], got {self.safety_factor}")
+        _positive("planner", "replan_check_s", self.replan_check_s)
+        if not 0.0 <= self.hysteresis < 1.0:
+            raise ConfigError(f"[planner] hysteresis: must be in [0, 1), got {self.hysteresis}")
+        _at_least("planner", "max_workers", self.max_workers, 1)
+        _at_least("planner", "max_stages", self.max_stages, 1)
+
+
+@dataclass(frozen=True)
+class OclConfig:
+    method: str = "vanilla"
+    replay_bytes: int = 4 << 20
+    replay_per_sample: int = 1
+
+    def check(self) -> None:
+        _choice("ocl", "method", self.method, ("vanilla", "er"))
+        _at_least("ocl", "replay_bytes", self.replay_bytes, 0)
+        _at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    every_updates: int = 200
+    every_seconds: float = 10.0
+    keep: int = 5
+    opset: int = 17
+    announce_endpoint: str = ""
+    latest_endpoint: str = ""
+
+    def check(self) -> None:
+        _at_least("snapshot", "every_updates", self.every_updates, 0)
+        if self.every_seconds < 0:
+            raise ConfigError(f"[snapshot] every_seconds: must be >= 0, got {self.every_seconds}")
+        _at_least("snapshot", "keep", self.keep, 1)
+        if not 13 <= self.opset <= 21:
+            raise ConfigError(f"[snapshot] opset: must be between 13 and 21, got {self.opset}")
+        _endpoint("snapshot", "announce_endpoint", self.announce_endpoint)
+        _endpoint("snapshot", "latest_endpoint", self.latest_endpoint)
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    endpoint: str = ""
+    timeout_s: float = 5.0
+
+    def check(self) -> None:
+        _endpoint("control", "endpoint", self.endpoint)
+        _positive("control", "timeout_s", self.timeout_s)
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    endpoint: str = ""
+    snapshot_dir: str = ""
+    intra_op_threads: int = 1
+
+    def check(self) -> None:
+        _endpoint("inference", "endpoint", self.endpoint)
+        _at_least("inference", "intra_op_threads", self.intra_op_threads, 1)
+
+
+@dataclass(frozen=True)
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+    compensation: CompensationConfig = field(default_factory=CompensationConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    ocl: OclConfig = field(default_factory=OclConfig)
+    snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    # Resolved locations (always absolute after load_config).
+    @property
+    def runtime_dir(self) -> Path:
+        return Path(self.daemon.runtime_dir)
+
+    @property
+    def state_dir(self) -> Path:
+        return Path(self.daemon.state_dir)
+
+    @property
+    def snapshot_dir(self) -> Path:
+        return Path(self.inference.snapshot_dir)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: typing.Mapping[str, str] | None = None,
+    overrides: dict[str, dict[str, Any]] | None = None,
+) -> Config:
+    """Load ``path`` (or the embedded defaults when None), apply ``overrides``, resolve dirs."""
+    env = os.environ if env is None else env
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                raw = tomllib.load(fh)
+        except FileNotFoundError:
+            raise ConfigError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    for section, values in (overrides or {}).items():
+        raw.setdefault(section, {}).update(values)
+    config = _build(Config, raw, "")
+    return resolve_paths(config, env)
+
+
+def resolve_paths(config: Config, env: typing.Mapping[str, str]) -> Config:
+    """Fill empty directories and endpoints from systemd's environment and the runtime dir."""
+    runtime = Path(config.daemon.runtime_dir or default_runtime_dir(env)).expanduser().absolute()
+    state = Path(config.daemon.state_dir or default_state_dir(env)).expanduser().absolute()
+
+    def ipc(name: str) -> str:
+        return f"ipc://{runtime / name}"
+
+    daemon = dataclasses.replace(config.daemon, runtime_dir=str(runtime), state_dir=str(state))
+    ingest = dataclasses.replace(config.ingest, endpoint=config.ingest.endpoint or ipc("ingest.sock"))
+    snapshot = dataclasses.replace(
+        config.snapshot,
+        announce_endpoint=config.snapshot.announce_endpoint or ipc("snapshots.sock"),
+        latest_endpoint=config.snapshot.latest_endpoint or ipc("snapshots-latest.sock"),
+    )
+    control = dataclasses.replace(config.control, endpoint=config.control.endpoint or ipc("control.sock"))
+    inference = dataclasses.replace(
+        config.inference,
+        endpoint=config.inference.endpoint or ipc("infer.sock"),
+        snapshot_dir=config.inference.snapshot_dir or str(state / "snapshots"),
+    )
+    return dataclasses.replace(
+        config, daemon=daemon, ingest=ingest, snapshot=snapshot, control=control, inference=inference
+    )
+
+
+def default_runtime_dir(env: typing.Mapping[str, str]) -> str:
+    if env.get("RUNTIME_DIRECTORY"):
+        return env["RUNTIME_DIRECTORY"].split(":")[0]
+    if env.get("XDG_RUNTIME_DIR"):
+        return str(Path(env["XDG_RUNTIME_DIR"]) / "ferretd")
+    return f"/tmp/ferretd-{os.getuid()}"
+
+
+def default_state_dir(env: typing.Mapping[str, str]) -> str:
+    if env.get("STATE_DIRECTORY"):
+        return env["STATE_DIRECTORY"].split(":")[0]
+    if env.get("XDG_STATE_HOME"):
+        return str(Path(env["XDG_STATE_HOME"]) / "ferretd")
+    return str(Path.home() / ".local" / "state" / "ferretd")
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    label = f"[{where}]" if where else "config"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{label}: expected a table, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    for key in raw:
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=1)
+            hint = f" (did you mean {near[0]}?)" if near else f" (known: {', '.join(names)})"
+            what = "section" if not where else "key"
+            prefix = f"[{where}] " if where else ""
+            raise ConfigError(f"unknown {what} {prefix}{key}{hint}")
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in raw:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            values[f.name] = _build(hint, raw[f.name], f.name)
+        else:
+            values[f.name] = _coerce(raw[f.name], hint, f"[{where}] {f.name}")
+    obj = cls(**values)
+    check = getattr(obj, "check", None)
+    if check is not None:
+        check()
+    return obj
+
+
+def _coerce(value: Any, hint: Any, label: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        item_type = typing.get_args(hint)[0]
+        if not isinstance(value, list):
+            raise ConfigError(f"{label}: expected a list, got {value!r}")
+        return tuple(_coerce(v, item_type, label) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{label}: unsupported field type")  # pragma: no cover - not used
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label}: expected true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{label}: expected an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{label}: expected a number, got {value!r}")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise ConfigError(f"{label}: must be finite, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{label}: expected a string, got {value!r}")
+        return value
+    raise ConfigError(f"{label}: unsupported field type {hint}")  # pragma: no cover
+
+
+def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"[{section}] {key}: must be one of {', '.join(allowed)}; got {value!r}")
+
+
+def _at_least(section: str, key: str, value: int, low: int) -> None:
+    if value < low:
+        raise ConfigError(f"[{section}] {key}: must be >= {low}, got {value}")
+
+
+def _positive(section: str, key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"[{section}] {key}: must be > 0, got {value}")
+
+
+def _endpoint(section: str, key: str, value: str) -> None:
+    if value and not value.startswith(("ipc://", "tcp://", "inproc://")):
+        raise ConfigError(f"[{section}] {key}: must start with ipc://, tcp:// or inproc://, got {value!r}")

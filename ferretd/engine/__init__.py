@@ -1,0 +1,1 @@
+"""Training engine: the learner interface, plans, schedules, weight versions, stages, executors."""

@@ -1,0 +1,142 @@
+"""The learner interface the daemon drives, and prequential (test-then-train) scoring.
+
+The daemon owns the loop: for every sample popped from the queue it calls ``predict_one`` with
+the current model (that prediction is what online accuracy scores), then ``learn_one``. A
+learner may train asynchronously (the pipeline engine does); it reports each sample's fate once
+through the ``on_done`` callback, from whatever thread finished it, so the daemon's counters
+(received = trained + dropped + invalid + queued) stay exact.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+
+@dataclass(frozen=True, slots=True)
+class LearnOutcome:
+    """What became of one sample handed to ``learn_one``: trained, or dropped with a reason."""
+
+    trained: bool
+    reason: str = ""
+
+
+DoneCallback = Callable[[LearnOutcome], None]
+
+
+class OnlineLearner(ABC):
+    """Predict-then-train learner over a stream of single samples."""
+
+    @abstractmethod
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for one sample under the current weights."""
+
+    @abstractmethod
+    def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
+        """Accept one labeled sample; ``on_done`` fires exactly once when its update is applied."""
+
+    @abstractmethod
+    def flush(self, timeout: float | None = None) -> bool:
+        """Apply every accepted sample (a partial microbatch included); False on timeout."""
+
+    @abstractmethod
+    def export_module(self) -> nn.Module:
+        """A standalone copy of a consistent weight version, in eval mode, for ONNX export."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume learning (weights, optimizer, internal state)."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    @property
+    @abstractmethod
+    def updates(self) -> int:
+        """Number of optimizer updates applied so far."""
+
+    def status(self) -> dict[str, Any]:
+        """Engine details for ``ferretctl status`` (stages, staleness, utilisation)."""
+        return {}
+
+    def close(self) -> None:
+        """Stop background threads; idempotent."""
+
+
+class PrequentialScore:
+    """Online accuracy (cumulative and over a recent window) beside two reference baselines.
+
+    NoChange predicts the previous label; majority predicts the most frequent label so far. On
+    class-sorted streams NoChange alone scores near 100%, so online accuracy is only meaningful
+    next to them.
+    """
+
+    def __init__(self, window: int = 500) -> None:
+        self.window = window
+        self.seen = 0
+        self.hits = 0
+        self.nochange_hits = 0
+        self.majority_hits = 0
+        self._recent: deque[int] = deque(maxlen=window)
+        self._last_label: int | None = None
+        self._label_counts: Counter[int] = Counter()
+        self._majority: int | None = None
+
+    def record(self, predicted: int, label: int) -> bool:
+        hit = int(predicted == label)
+        self.seen += 1
+        self.hits += hit
+        self._recent.append(hit)
+        self.nochange_hits += int(self._last_label == label)
+        self.majority_hits += int(self._majority == label)
+        self._last_label = label
+        self._label_counts[label] += 1
+        if self._majority is None or self._label_counts[label] > self._label_counts[self._majority]:
+            self._majority = label
+        return bool(hit)
+
+    @staticmethod
+    def _ratio(hits: int, seen: int) -> float | None:
+        return hits / seen if seen else None
+
+    @property
+    def accuracy(self) -> float | None:
+        return self._ratio(self.hits, self.seen)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "samples": self.seen,
+            "online_accuracy": self.accuracy,
+            "window_accuracy": self._ratio(sum(self._recent), len(self._recent)),
+            "window": self.window,
+            "nochange_accuracy": self._ratio(self.nochange_hits, self.seen),
+            "majority_accuracy": self._ratio(self.majority_hits, self.seen),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "hits": self.hits,
+            "nochange_hits": self.nochange_hits,
+            "majority_hits": self.majority_hits,
+            "recent": list(self._recent),
+            "last_label": self._last_label,
+            "label_counts": dict(self._label_counts),
+            "majority": self._majority,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seen = int(state["seen"])
+        self.hits = int(state["hits"])
+        self.nochange_hits = int(state["nochange_hits"])
+        self.majority_hits = int(state["majority_hits"])
+        self._recent = deque(state["recent"], maxlen=self.window)
+        self._last_label = state["last_label"]
+        self._label_counts = Counter({int(k): int(v) for k, v in state["label_counts"].items()})
+        self._majority = state["majority"]
