@@ -67,6 +67,7 @@ class OnlineLearner(ABC):
 
     def close(self) -> None:
         """Stop background threads; idempotent."""
+        return None
 
 
 class PrequentialScore:
