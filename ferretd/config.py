@@ -172,14 +172,26 @@ class CompensationConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
+    """Planner knobs. ``arrival_interval_s`` is the expected t_d (0: assume arrivals as fast as the
+    model can train with ``max_workers`` workers); ``rate_decay`` is c * t_d, the adaptation-rate
+    decay per arrival interval."""
+
     memory_cap_bytes: int = 0
     safety_factor: float = 0.8
     replan_check_s: float = 5.0
     hysteresis: float = 0.15
     max_workers: int = 4
     max_stages: int = 4
+    arrival_interval_s: float = 0.0
+    rate_decay: float = 0.1
 
     def check(self) -> None:
+        if self.arrival_interval_s < 0:
+            raise ConfigError(
+                f"[planner] arrival_interval_s: must be >= 0 (0 = plan for saturation), got {self.arrival_interval_s}"
+            )
+        if self.rate_decay < 0:
+            raise ConfigError(f"[planner] rate_decay: must be >= 0, got {self.rate_decay}")
         if self.memory_cap_bytes < 0:
             raise ConfigError(f"[planner] memory_cap_bytes: must be >= 0 (0 = no cap), got {self.memory_cap_bytes}")
         if not 0.0 < self.safety_factor <= 1.0:

@@ -1,0 +1,88 @@
+"""``plan_for_config``: build the model, profile it (cached), read headroom, search.
+
+Role: the one call the daemon's ``--plan-only`` and live re-planning make. It composes the pure
+pieces (profile -> headroom -> search) and is the only planner module that builds a model.
+
+Decisions: profiles are cached under ``<state_dir>/profiles``. The profile device is ``cuda:0``
+when CUDA is available, else ``cpu``. ``[planner] arrival_interval_s = 0`` means "unknown": we
+then plan for saturation, taking t_d so that ``max_workers`` workers are just enough
+(t_d = (t_f + t_b) / (microbatch * max_workers)); the daemon may pass the measured interval.
+Memory parameters come from ``[training] momentum`` and ``[compensation] method`` (fitted lambda
+when ``fit = "closed_form"`` or ``eta_lambda > 0``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import structlog
+
+from ferretd.config import Config
+from ferretd.engine.plan import Plan
+from ferretd.planner.headroom import Headroom, read_headroom
+from ferretd.planner.memory import MemoryParams
+from ferretd.planner.profile import Profile, Profiler
+from ferretd.planner.rate import RateParams
+from ferretd.planner.search import PlanSearch
+
+log = structlog.get_logger(__name__)
+
+
+def memory_params_for_config(config: Config) -> MemoryParams:
+    comp = config.compensation
+    fitted = comp.fit == "closed_form" or comp.eta_lambda > 0
+    return MemoryParams.for_training(config.training.momentum, comp.method, fitted)
+
+
+def rate_params_for_config(config: Config, profile: Profile, arrival_interval_s: float | None = None) -> RateParams:
+    t_d = arrival_interval_s if arrival_interval_s is not None else config.planner.arrival_interval_s
+    if not t_d or t_d <= 0:
+        t_d = profile.total_time_s / (profile.microbatch * config.planner.max_workers)
+    return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay)
+
+
+def profile_for_config(config: Config, profiler: Profiler | None = None) -> Profile:
+    import torch
+
+    from ferretd.models import build_model
+
+    torch.set_num_threads(config.daemon.torch_threads)
+    device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    model = build_model(config.model, seed=config.training.seed)
+    profiler = profiler or Profiler(cache_dir=Path(config.state_dir) / "profiles")
+    return profiler.profile(model, tuple(config.model.input_shape), config.training.microbatch, device)
+
+
+def plan_for_config(
+    config: Config,
+    *,
+    headroom: Headroom | None = None,
+    profiler: Profiler | None = None,
+    arrival_interval_s: float | None = None,
+    num_gpus: int | None = None,
+) -> Plan:
+    """Profile (cached), read headroom (unless given) and return the best plan that fits."""
+    profile = profile_for_config(config, profiler)
+    if headroom is None:
+        headroom = read_headroom(config.planner.memory_cap_bytes, config.planner.safety_factor)
+    if num_gpus is None:
+        import torch
+
+        num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    searcher = PlanSearch(
+        profile,
+        rate_params_for_config(config, profile, arrival_interval_s),
+        memory_params_for_config(config),
+        max_workers=config.planner.max_workers,
+        max_stages=min(config.planner.max_stages, profile.num_blocks),
+        num_gpus=num_gpus,
+    )
+    plan = searcher.best(headroom.budget_bytes)
+    extra = {
+        **plan.extra,
+        "headroom": headroom.to_dict(),
+        "profile_key": profile.key,
+        "arrival_interval_s": searcher.rate_params.arrival_interval_s,
+    }
+    return replace(plan, extra=extra, notes=f"planner: {headroom.describe()}")

@@ -1,0 +1,141 @@
+"""Adaptation-rate model: predicted R of a (partition, configuration) from a Profile.
+
+Role: the objective of the search (section 1 of the Ferret notes), as a plain function of the
+profile and the plan (no torch). R is normalised per arriving sample, so it lies in [0, V]:
+
+    R = (1/T) sum_t exp(-c r_t) V share_t
+      ~ V * mean_n [ accepted_n * sum_k share_k * p_k^n * exp(-c r_k^n) ]
+
+The sum over stages k generalises "share of parameters D^t updated": stage k holds the share
+``share_k = |w_k| / |w|`` and is updated at its own time, so each stage has its own delay.
+Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample interval ``t_d``):
+
+1. Stage op times. ``F_j``, ``B_j`` are the profiled forward/backward times of stage j;
+   recompute adds a forward before the backward: ``B'_j = B_j + recompute_n * F_j``. In 1F1B
+   steady state every stage does one F and one B per microbatch, so the worker's service
+   interval is its bottleneck ``s_n = max_j (F_j + B'_j)``. Decision: each (worker, stage) is
+   its own executor (the engine's virtual-clock assumption); no contention between workers.
+2. Arrivals and drops. Microbatches arrive every ``tau = b t_d`` and go round-robin, so worker n
+   sees one every ``I = N tau``. Utilisation ``rho_n = s_n / I``. A saturated worker
+   (rho > 1) can only accept the fraction ``accepted_n = 1/rho_n``; the rest are dropped
+   (r = inf, contributing 0).
+3. Delay to the update of stage k, for a sample that is trained:
+   * filling its microbatch: ``(b-1)/2 * t_d`` on average;
+   * queueing at the worker: ``min(rho, 1) * s_n / 2`` (half a service interval when busy);
+   * pipeline latency: unloaded it is ``sum_j F_j + sum_{j>=k} B'_j``; in saturated 1F1B about
+     P microbatches are in flight, each taking ``s_n``, so the stage-0 update lands ``~P s_n``
+     after entry. We interpolate: ``lat_k = pure_k + min(rho,1) * max(0, P s_n - pure_0)``;
+   * accumulation: the gradient waits on average ``(a_{n,k}-1)/2`` further microbatches of
+     this worker, one every ``max(s_n, I)``.
+4. Omission (T3). If worker n omits at stage j, a sample whose stage-j version changed between
+   its forward and backward at j is not back-propagated at j nor upstream. Updates at j during
+   that window ``W_j = sum_{i>=j} F_i + sum_{i>j} B'_i + min(rho,1) (P-j-1) s_n`` arrive from all
+   workers at rate ``sum_m 1 / (max(s_m, I) a_{m,j})``; with ``U`` their expected number, the
+   sample is fresh with probability ``max(0, 1 - U)`` (deterministic pipelines: an update either
+   falls in the window or not). Stage k is updated with ``p_k = prod_{j>=k, o_{n,j}} fresh_j``.
+5. ``c = decay_per_arrival / t_d``: delay is measured in arrival intervals (decay 0.1 means a
+   delay of ten arrivals is worth ``e^-1``).
+
+This is a ranking model for the planner, not a simulator: the bench checks that its order of
+configurations agrees with online accuracy measured in the engine's virtual clock (Spearman).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ferretd.engine.plan import Plan
+from ferretd.planner.profile import Profile
+
+
+@dataclass(frozen=True)
+class RateParams:
+    """Stream and value parameters of the adaptation rate."""
+
+    arrival_interval_s: float
+    decay_per_arrival: float = 0.1
+    value: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.arrival_interval_s > 0:
+            raise ValueError(f"arrival_interval_s must be > 0, got {self.arrival_interval_s}")
+        if self.decay_per_arrival < 0:
+            raise ValueError(f"decay_per_arrival must be >= 0, got {self.decay_per_arrival}")
+
+
+@dataclass(frozen=True)
+class RateBreakdown:
+    """Predicted adaptation rate and the quantities it came from."""
+
+    rate: float
+    drop_fraction: float
+    mean_delay_s: float
+    service_interval_s: tuple[float, ...]
+
+
+def _stage_times(profile: Profile, plan: Plan) -> tuple[list[float], list[float]]:
+    f = [profile.stage_forward_s(s, e) for s, e in plan.stage_blocks()]
+    b = [profile.stage_backward_s(s, e) for s, e in plan.stage_blocks()]
+    return f, b
+
+
+def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakdown:
+    """Predicted R of ``plan`` per arriving sample (see the module docstring)."""
+    if profile.num_blocks != plan.num_blocks:
+        raise ValueError(f"profile has {profile.num_blocks} blocks but the plan {plan.num_blocks}")
+    p = plan.num_stages
+    fwd, bwd = _stage_times(profile, plan)
+    wsizes = [profile.stage_param_bytes(s, e) for s, e in plan.stage_blocks()]
+    total_w = sum(wsizes) or 1
+    shares = [w / total_w for w in wsizes]
+    active = plan.active_workers
+    n_active = len(active)
+    t_d = params.arrival_interval_s
+    interval = n_active * profile.microbatch * t_d
+    c = params.decay_per_arrival / t_d
+
+    bwd_eff: dict[int, list[float]] = {}
+    service: dict[int, float] = {}
+    for n in active:
+        r = plan.workers[n].recompute
+        bwd_eff[n] = [bwd[j] + (fwd[j] if r else 0.0) for j in range(p)]
+        service[n] = max(fwd[j] + bwd_eff[n][j] for j in range(p))
+    # updates per second at each stage, from all workers
+    upd_rate = [
+        sum(1.0 / (max(service[m], interval) * plan.workers[m].accumulation[j]) for m in active) for j in range(p)
+    ]
+
+    fill = (profile.microbatch - 1) / 2 * t_d
+    total = 0.0
+    delays: list[float] = []
+    dropped = 0.0
+    for n in active:
+        w = plan.workers[n]
+        s_n = service[n]
+        rho = s_n / interval
+        busy = min(rho, 1.0)
+        accepted = min(1.0, 1.0 / rho) if rho > 0 else 1.0
+        dropped += 1.0 - accepted
+        queue = busy * s_n / 2
+        fsum = sum(fwd)
+        pure = [fsum + sum(bwd_eff[n][k:]) for k in range(p)]
+        extra = busy * max(0.0, p * s_n - pure[0])
+        fresh = []
+        for j in range(p):
+            window = sum(fwd[j:]) + sum(bwd_eff[n][j + 1 :]) + busy * (p - j - 1) * s_n
+            fresh.append(max(0.0, 1.0 - window * upd_rate[j]) if w.omit[j] else 1.0)
+        value = 0.0
+        for k in range(p):
+            acc_wait = (w.accumulation[k] - 1) / 2 * max(s_n, interval)
+            delay = fill + queue + pure[k] + extra + acc_wait
+            p_update = math.prod(fresh[k:])
+            value += shares[k] * p_update * math.exp(-c * delay)
+            delays.append(delay)
+        total += accepted * value
+    return RateBreakdown(
+        rate=params.value * total / n_active,
+        drop_fraction=dropped / n_active,
+        mean_delay_s=sum(delays) / len(delays),
+        service_interval_s=tuple(service[n] for n in active),
+    )

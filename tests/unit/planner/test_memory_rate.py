@@ -1,0 +1,94 @@
+"""Memory and rate models: formulas on hand-sized profiles (no torch needed)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import pytest
+
+from ferretd.engine.plan import Plan
+from ferretd.planner.memory import MemoryParams, predict_memory, stage_versions
+from ferretd.planner.rate import RateParams, predict_rate
+
+
+def test_single_stage_single_worker_by_hand(make_profile) -> None:
+    prof = make_profile([0.001, 0.002], param_bytes=[1000, 3000], act_bytes=[500, 700])
+    mem = predict_memory(prof, Plan.uniform(2), MemoryParams(optimizer_factor=1, compensation_factor=2))
+    # 1 version + 1 grad + 1 momentum + 2 lambda state, each 4000; acts 1 in flight of 500+700
+    assert mem.version_bytes == 4000 and mem.grad_bytes == 4000
+    assert mem.optimizer_bytes == 4000 and mem.compensation_bytes == 8000
+    assert mem.activation_bytes == 1200
+    assert mem.total_bytes == 4 * 4000 + 4000 + 1200 == sum(mem.stage_bytes)
+
+
+def test_versions_one_worker_match_plan_formula(six_block_profile) -> None:
+    for acc in (1, 2, 3):
+        plan = Plan.uniform(6, (1, 2, 4), 1, accumulation=acc, omit_stages=(1,))
+        for j in range(plan.num_stages):
+            assert stage_versions(plan, j) == plan.max_versions(0, j)
+
+
+def test_versions_shared_across_workers(six_block_profile) -> None:
+    plan = Plan.uniform(6, (2, 4), 3)
+    # one current version shared by all + ceil((P-j-1)/a) old ones pinned per worker
+    assert [stage_versions(plan, j) for j in range(3)] == [1 + 3 * 2, 1 + 3 * 1, 1]
+    one = predict_memory(six_block_profile, Plan.uniform(6, (2, 4), 1))
+    three = predict_memory(six_block_profile, plan)
+    w0 = six_block_profile.stage_param_bytes(0, 2)
+    assert three.version_bytes - one.version_bytes == 2 * (2 * w0 + six_block_profile.stage_param_bytes(2, 4))
+
+
+def test_activations_recompute_and_inflight(make_profile) -> None:
+    prof = make_profile([0.001] * 4, act_bytes=[1000] * 4)
+    base = Plan.uniform(4, (2,), 1)
+    mem = predict_memory(prof, base)
+    # stage 0: 2 in flight x 2000, stage 1: 1 x 2000
+    assert mem.activation_bytes == 2 * 2000 + 2000
+    rec = predict_memory(prof, Plan.uniform(4, (2,), 1, recompute=True))
+    assert rec.activation_bytes == (2 * 256 + 2000) + (256 + 2000)
+    assert rec.total_bytes < mem.total_bytes
+
+
+def test_accumulation_and_omission_drop_versions(six_block_profile) -> None:
+    p = Plan.uniform(6, (1, 2, 4), 2)
+    base = predict_memory(six_block_profile, p).total_bytes
+    acc = predict_memory(six_block_profile, Plan.uniform(6, (1, 2, 4), 2, accumulation=3)).total_bytes
+    omit = predict_memory(six_block_profile, Plan.uniform(6, (1, 2, 4), 2, omit_stages=(0, 1, 2))).total_bytes
+    assert omit < acc < base
+    off = replace(p, workers=(p.workers[0], replace(p.workers[1], active=False)))
+    assert predict_memory(six_block_profile, off).total_bytes < base
+
+
+def test_rate_bounds_and_drops(make_profile) -> None:
+    prof = make_profile([0.001, 0.001])
+    slow_stream = predict_rate(prof, Plan.uniform(2), RateParams(arrival_interval_s=1.0))
+    assert 0.99 < slow_stream.rate <= 1.0 and slow_stream.drop_fraction == 0.0
+    fast = predict_rate(prof, Plan.uniform(2), RateParams(arrival_interval_s=0.0005))
+    assert fast.drop_fraction == pytest.approx(0.75)
+    assert fast.rate < slow_stream.rate
+    two = predict_rate(prof, Plan.uniform(2, (), 4), RateParams(arrival_interval_s=0.0005))
+    assert two.drop_fraction == 0.0 and two.rate > fast.rate
+
+
+def test_each_knob_costs_rate_when_saturated(six_block_profile) -> None:
+    rp = RateParams(arrival_interval_s=0.002)
+    part = (1, 2, 4)
+    base = predict_rate(six_block_profile, Plan.uniform(6, part, 2), rp).rate
+    for kwargs in ({"recompute": True}, {"accumulation": 3}, {"omit_stages": (0,)}):
+        worse = predict_rate(six_block_profile, Plan.uniform(6, part, 2, **kwargs), rp).rate
+        assert worse < base, kwargs
+    fewer = predict_rate(six_block_profile, Plan.uniform(6, part, 1), rp).rate
+    assert fewer < base
+
+
+def test_omission_is_free_when_the_pipeline_is_idle(six_block_profile) -> None:
+    rp = RateParams(arrival_interval_s=10.0, decay_per_arrival=0.0)
+    plain = predict_rate(six_block_profile, Plan.uniform(6, (1, 2, 4), 1), rp).rate
+    omit = predict_rate(six_block_profile, Plan.uniform(6, (1, 2, 4), 1, omit_stages=(0, 1)), rp).rate
+    assert math.isclose(plain, omit, rel_tol=1e-3)
+
+
+def test_rate_params_validation() -> None:
+    with pytest.raises(ValueError, match="arrival_interval_s"):
+        RateParams(arrival_interval_s=0.0)
