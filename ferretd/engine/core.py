@@ -1,0 +1,373 @@
+"""The engine's one code path: execute an action (F / B / U) on real tensors, and log it.
+
+Role: both executors (runtime.py) and the replay call :meth:`PipelineCore.execute`; only *when*
+actions run differs. The core owns the stages (runner + version store + single writer with the
+stage's SGD momentum), the in-flight microbatches, the per-lane accumulation windows, the
+action log and the per-stage statistics.
+
+Rules (decisions written down, see also versions.py and simulate.py, which mirrors them):
+
+* ``F`` pins the stage's current version (logged with it) and keeps it until the ``U`` that
+  applies the microbatch's gradient. On an omitted lane (T3) the forward does not keep the pin;
+  the stage's next update drops the microbatch's saved graph.
+* ``B`` computes parameter gradients at the pinned version with ``torch.autograd.grad``. On an
+  omitted lane it first checks that the version it forwarded with is still current; if not the
+  backward is skipped and every upstream ``B`` of that microbatch is skipped (nothing pinned).
+* ``U`` is the single writer (``writer_lock``): for every gradient in the lane's window it calls
+  ``compensator.compensate(stage, grads, pinned, current, deltas)`` (staleness 0 included;
+  one call per gradient, so exactly one per update when a = 1), averages the window, runs the
+  out-of-place SGD step and publishes the next version. A window with no gradient publishes
+  nothing.
+* A sample is done (``on_done`` fires once) when the update of the lowest stage its backward
+  reached is applied; a microbatch skipped at the last stage is reported dropped.
+
+The log appends ``F`` and ``U`` entries under the stage's store lock, in the same critical
+section as the pin / publish, so replaying the log in order reproduces every version exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ferretd.compensation.base import Compensator
+from ferretd.config import TrainingConfig
+from ferretd.engine.learner import DoneCallback, LearnOutcome
+from ferretd.engine.plan import Plan
+from ferretd.engine.schedule import Action, Lane
+from ferretd.engine.stage import StageContext, StageRunner
+from ferretd.engine.versions import Version, VersionStore, sgd_step
+
+ExtraLoss = Callable[[Tensor, Tensor], Tensor | None]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEntry:
+    action: Action
+    pinned: tuple[int, ...]  # F/B: the version used; U: the versions of the window's gradients
+    current: int  # F: = pinned; U: the version the update was applied to; B: -1
+    skipped: bool = False
+
+
+@dataclass
+class _Micro:
+    worker: int
+    x: Tensor
+    y: Tensor
+    callbacks: list[DoneCallback | None]
+    ctx: dict[int, StageContext] = field(default_factory=dict)
+    acts: dict[int, Tensor] = field(default_factory=dict)
+    grads: dict[int, Tensor | None] = field(default_factory=dict)
+    lowest: int | None = None
+    terminal: int | None = None
+    applied: set[int] = field(default_factory=set)
+    backward_done: bool = False
+
+
+@dataclass
+class _Entry:
+    microbatch: int
+    grads: list[Tensor]
+    version: Version
+
+
+@dataclass
+class StageState:
+    runner: StageRunner
+    store: VersionStore
+    momentum: list[Tensor | None]
+    writer_lock: threading.Lock = field(default_factory=threading.Lock)
+    omitted_ctx: set[StageContext] = field(default_factory=set)
+    staleness_max: int = 0
+    staleness_sum: int = 0
+    staleness_n: int = 0
+    updates: int = 0
+
+
+class PipelineCore:
+    """Stages, versions, windows and the action log of one plan."""
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        plan: Plan,
+        training: TrainingConfig,
+        *,
+        compensator: Compensator | None = None,
+        devices: Sequence[torch.device] | None = None,
+        extra_loss: ExtraLoss | None = None,
+        record_inputs: bool = False,
+        log_limit: int | None = None,
+    ) -> None:
+        blocks = list(model.children())
+        if len(blocks) != plan.num_blocks:
+            raise ValueError(f"plan has {plan.num_blocks} blocks, model has {len(blocks)}")
+        self.plan = plan
+        self.training = training
+        self.compensator = compensator
+        self.extra_loss = extra_loss
+        self.record_inputs = record_inputs
+        self.num_stages = plan.num_stages
+        devs = list(devices) if devices is not None else [torch.device(d) for d in plan.devices]
+        self.stages: list[StageState] = []
+        self.param_names: list[list[str]] = []
+        for j, (a, b) in enumerate(plan.stage_blocks()):
+            module = nn.Sequential(*[copy.deepcopy(blk) for blk in blocks[a:b]])
+            runner = StageRunner(j, module, devs[j], last=j == self.num_stages - 1)
+            store = VersionStore(runner.initial_tensors(), keep_deltas=compensator is not None)
+            self.stages.append(StageState(runner, store, [None] * len(runner.names)))
+            self.param_names.append([f"{a + int(n.split('.', 1)[0])}.{n.split('.', 1)[1]}" for n in runner.names])
+        self.loss = nn.CrossEntropyLoss()
+        self.lock = threading.Lock()
+        self.micro: dict[int, _Micro] = {}
+        self.windows: dict[Lane, list[_Entry]] = {}
+        self.log: deque[LogEntry] = deque(maxlen=log_limit)
+        self.inputs: dict[int, tuple[int, Tensor, Tensor]] = {}
+        self.probe: Callable[..., None] | None = None
+        self.skipped_backwards = 0
+
+    # ------------------------------------------------------------------ microbatches
+
+    def add_microbatch(self, m: int, worker: int, x: Tensor, y: Tensor, callbacks: list[DoneCallback | None]) -> None:
+        with self.lock:
+            self.micro[m] = _Micro(worker, x, y, callbacks)
+            if self.record_inputs:
+                self.inputs[m] = (worker, x, y)
+
+    def in_flight(self) -> int:
+        with self.lock:
+            return len(self.micro)
+
+    def _loss_fn(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+        def loss_fn(logits: Tensor) -> Tensor:
+            target = y.to(logits.device)
+            loss = self.loss(logits, target)
+            if self.extra_loss is not None:
+                extra = self.extra_loss(logits, target)
+                if extra is not None:
+                    loss = loss + extra
+            return loss
+
+        return loss_fn
+
+    # ------------------------------------------------------------------ actions
+
+    def execute(self, action: Action) -> LogEntry:
+        if action.kind == "F":
+            return self._forward(action)
+        if action.kind == "B":
+            return self._backward(action)
+        return self._update(action)
+
+    def _log(self, entry: LogEntry) -> LogEntry:
+        self.log.append(entry)
+        return entry
+
+    def abandon(self, reason: str) -> int:
+        """Report every unfinished microbatch as dropped (shutdown without flush)."""
+        with self.lock:
+            left = [mb for mb in self.micro.values() if mb.terminal is None or mb.terminal >= 0]
+            self.micro.clear()
+            self.windows.clear()
+        _fire([(mb.callbacks, LearnOutcome(False, reason)) for mb in left])
+        return sum(len(mb.callbacks) for mb in left)
+
+    def _lane_knobs(self, action: Action) -> tuple[bool, bool]:
+        w = self.plan.workers[action.worker]
+        return w.recompute, w.omit[action.stage]
+
+    def _forward(self, a: Action) -> LogEntry:
+        s, m = a.stage, a.microbatch
+        st, mb = self.stages[s], self.micro[m]
+        recompute, omitted = self._lane_knobs(a)
+        with st.store.lock:
+            version = st.store.pin()
+            entry = LogEntry(a, (version.number,), version.number)
+            self._log(entry)
+        ctx = StageContext(version.number, version, recompute)
+        x = mb.x if s == 0 else mb.acts.pop(s - 1)
+        loss_fn = self._loss_fn(mb.y) if st.runner.last else None
+        out = st.runner.forward(ctx, version.tensors, x, loss_fn)
+        if omitted:
+            with st.store.lock:
+                st.store.unpin(version)
+                ctx.version = None
+                if st.store.current.number != ctx.version_number:
+                    ctx.stale = True
+                    ctx.release()
+                else:
+                    st.omitted_ctx.add(ctx)
+        mb.ctx[s] = ctx
+        if not st.runner.last:
+            mb.acts[s] = out
+        return entry
+
+    def _backward(self, a: Action) -> LogEntry:
+        s, m = a.stage, a.microbatch
+        st, mb = self.stages[s], self.micro[m]
+        ctx = mb.ctx.pop(s)
+        grad_out = None if st.runner.last else mb.grads.pop(s + 1)
+        skip = not st.runner.last and grad_out is None
+        if not skip and ctx.version is None:  # omitted lane: compute only at the forwarded version
+            with st.store.lock:
+                st.omitted_ctx.discard(ctx)
+                ctx.version = None if ctx.stale else st.store.pin_if_current(ctx.version_number)
+            skip = ctx.version is None
+            if skip:
+                self.skipped_backwards += 1
+        if skip:
+            if ctx.version is not None:
+                st.store.unpin(ctx.version)
+            ctx.release()
+            mb.grads[s] = None
+            self._skipped(m, mb, s)
+            return self._log(LogEntry(a, (ctx.version_number,), -1, skipped=True))
+        assert ctx.version is not None
+        loss_fn = self._loss_fn(mb.y) if st.runner.last else None
+        grads, grad_in = st.runner.backward(ctx, ctx.version.tensors, grad_out, loss_fn)
+        if s > 0:
+            mb.grads[s] = grad_in
+        if self.probe is not None:
+            self.probe("grad", microbatch=m, stage=s, version=ctx.version_number, grads=grads)
+        with self.lock:
+            self.windows.setdefault(a.lane, []).append(_Entry(m, grads, ctx.version))
+            mb.lowest = s
+            if s == 0:
+                mb.terminal = 0
+                mb.backward_done = True
+        return self._log(LogEntry(a, (ctx.version_number,), -1))
+
+    def _skipped(self, m: int, mb: _Micro, s: int) -> None:
+        fire: list[tuple[list[DoneCallback | None], LearnOutcome]] = []
+        with self.lock:
+            if mb.terminal is None and mb.lowest is None:
+                mb.terminal = -1
+                fire.append((mb.callbacks, LearnOutcome(False, "omitted: stale at the last stage")))
+            elif mb.terminal is None:
+                mb.terminal = mb.lowest
+            if s == 0:
+                mb.backward_done = True
+            fire += self._settle(m, mb)
+        _fire(fire)
+
+    def _settle(self, m: int, mb: _Micro) -> list[tuple[list[DoneCallback | None], LearnOutcome]]:
+        """Call with ``self.lock`` held: the outcome to report, and forget finished microbatches."""
+        out = []
+        if mb.terminal is not None and mb.terminal >= 0 and mb.terminal in mb.applied:
+            out.append((mb.callbacks, LearnOutcome(True)))
+            mb.terminal = -2
+        if mb.backward_done and mb.terminal is not None and mb.terminal < 0:
+            self.micro.pop(m, None)
+        return out
+
+    def _update(self, a: Action) -> LogEntry:
+        s = a.stage
+        st = self.stages[s]
+        with self.lock:
+            entries = self.windows.pop(a.lane, [])
+        if not entries:
+            return self._log(LogEntry(a, (), -1, skipped=True))
+        tr = self.training
+        with st.writer_lock:
+            cur = st.store.current
+            applied: list[list[Tensor]] = []
+            for e in entries:
+                tau = cur.number - e.version.number
+                st.staleness_max = max(st.staleness_max, tau)
+                st.staleness_sum += tau
+                st.staleness_n += 1
+                if self.compensator is None:
+                    applied.append(e.grads)
+                else:
+                    deltas = st.store.deltas_since(e.version.number)
+                    applied.append(self.compensator.compensate(s, e.grads, e.version.tensors, cur.tensors, deltas))
+            if len(applied) == 1:
+                total = applied[0]
+            else:
+                total = [torch.stack(gs).sum(0) / len(gs) for gs in zip(*applied, strict=True)]
+            new = sgd_step(
+                cur.tensors, total, st.momentum, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay
+            )
+            with st.store.lock:
+                for e in entries:
+                    st.store.unpin(e.version)
+                version = st.store.publish(new)
+                entry = LogEntry(a, tuple(e.version.number for e in entries), cur.number)
+                self._log(entry)
+                for ctx in [c for c in st.omitted_ctx if c.version_number != version.number]:
+                    ctx.stale = True
+                    ctx.release()
+                    st.omitted_ctx.discard(ctx)
+            st.updates += 1
+        if self.probe is not None:
+            self.probe("publish", stage=s, version=version.number, tensors=version.tensors)
+        fire = []
+        with self.lock:
+            for e in entries:
+                mb = self.micro.get(e.microbatch)
+                if mb is not None:
+                    mb.applied.add(s)
+                    fire += self._settle(e.microbatch, mb)
+        _fire(fire)
+        return entry
+
+    # ------------------------------------------------------------------ model views
+
+    def current_tensors(self) -> list[tuple[Tensor, ...]]:
+        return [st.store.current.tensors for st in self.stages]
+
+    def predict(self, x: Tensor) -> Tensor:
+        versions = self.current_tensors()
+        for st, tensors in zip(self.stages, versions, strict=True):
+            x = st.runner.predict(tensors, x)
+        return x
+
+    def full_state(self) -> dict[str, Tensor]:
+        """Current weights under the full model's parameter names (on the CPU)."""
+        state: dict[str, Tensor] = {}
+        for names, tensors in zip(self.param_names, self.current_tensors(), strict=True):
+            state.update({n: t.detach().cpu().clone() for n, t in zip(names, tensors, strict=True)})
+        return state
+
+    def momentum_state(self) -> dict[str, Tensor]:
+        state: dict[str, Tensor] = {}
+        for names, st in zip(self.param_names, self.stages, strict=True):
+            pairs = zip(names, st.momentum, strict=True)
+            state.update({n: b.detach().cpu().clone() for n, b in pairs if b is not None})
+        return state
+
+    def load_state(self, weights: dict[str, Tensor], momentum: dict[str, Tensor]) -> None:
+        for names, st in zip(self.param_names, self.stages, strict=True):
+            dev = st.runner.device
+            st.store.reset(tuple(weights[n].to(dev) for n in names))
+            st.momentum = [momentum[n].to(dev).clone() if n in momentum else None for n in names]
+
+    def stats(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "stage": j,
+                "device": str(st.runner.device),
+                "version": st.store.current.number,
+                "updates": st.updates,
+                "max_staleness": st.staleness_max,
+                "mean_staleness": st.staleness_sum / st.staleness_n if st.staleness_n else 0.0,
+                "live_versions": st.store.live_versions(),
+                "max_live_versions": st.store.max_live,
+                "version_bytes": st.store.bytes_held(),
+            }
+            for j, st in enumerate(self.stages)
+        ]
+
+
+def _fire(items: list[tuple[list[DoneCallback | None], LearnOutcome]]) -> None:
+    for callbacks, outcome in items:
+        for cb in callbacks:
+            if cb is not None:
+                cb(outcome)

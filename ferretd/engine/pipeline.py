@@ -1,0 +1,227 @@
+"""PipelineLearner: the Ferret fine-grained asynchronous pipeline as an OnlineLearner.
+
+Role: what the daemon drives. Samples are routed ``i -> active worker i mod N_active``; each
+worker forms microbatches of ``training.microbatch`` samples (OCL ``augment`` / ``observe`` run
+here, in the caller's thread), which enter that worker's async 1F1B pipeline
+(:class:`~ferretd.engine.clock.OnlineProgram`) on the chosen executor:
+
+* ``executor="realtime"``: one thread per lane; ``on_done`` fires from a lane thread.
+* ``executor="virtual"``: deterministic; sample ``i`` arrives at virtual time ``i * t_d`` and
+  actions cost ``cost[(stage, kind)]`` seconds; ``learn_one`` runs the clock up to the arrival.
+
+Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs on
+``cuda:(j mod ngpu)`` when CUDA is present; a plan naming a CUDA device is obeyed;
+``devices="plan"`` uses the plan's devices as written. CPU lanes get
+``max(1, cores // cpu_lanes)`` torch intra-op threads (never more than already configured;
+the setting is process-wide).
+
+``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights and
+momentum (by full-model parameter name) and rebuilds stages, program and lanes.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ferretd.compensation.base import Compensator
+from ferretd.config import TrainingConfig
+from ferretd.engine.clock import OnlineProgram, cost_function
+from ferretd.engine.core import PipelineCore
+from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner
+from ferretd.engine.plan import Plan
+from ferretd.engine.runtime import RealtimeExecutor, VirtualExecutor
+from ferretd.engine.schedule import Action
+from ferretd.ocl.base import OclMethod
+
+
+def resolve_devices(plan: Plan, policy: str = "auto") -> list[torch.device]:
+    ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    out = []
+    for j, name in enumerate(plan.devices):
+        if policy == "auto" and name in ("cpu", "auto"):
+            out.append(torch.device(f"cuda:{j % ngpu}") if ngpu else torch.device("cpu"))
+        else:
+            out.append(torch.device("cpu" if name == "auto" else name))
+    return out
+
+
+class PipelineLearner(OnlineLearner):
+    """Asynchronous pipeline-parallel online learner (N workers x P stages, one shared model)."""
+
+    def __init__(
+        self,
+        model: nn.Sequential,
+        plan: Plan,
+        training: TrainingConfig,
+        compensator: Compensator | None = None,
+        ocl: OclMethod | None = None,
+        executor: Literal["realtime", "virtual"] = "realtime",
+        *,
+        cost: Mapping[tuple[int, str], float] | None = None,
+        t_d: float = 0.0,
+        devices: str = "auto",
+        jitter: Callable[[Action], None] | None = None,
+        record_inputs: bool = False,
+        log_limit: int | None = 10_000,
+    ) -> None:
+        if executor not in ("realtime", "virtual"):
+            raise ValueError(f"executor must be 'realtime' or 'virtual', got {executor!r}")
+        self.template = copy.deepcopy(model)
+        self.training = training
+        self.compensator = compensator
+        self.ocl = ocl
+        self.executor_kind = executor
+        self.cost = cost_function(cost)
+        self.t_d = t_d
+        self.device_policy = devices
+        self.jitter = jitter
+        self.record_inputs = record_inputs
+        self.log_limit = log_limit
+        self._samples = 0
+        self._microbatches = 0
+        self._buffers: dict[int, list[tuple[np.ndarray, int, DoneCallback | None, float]]] = {}
+        self._build(plan, None, None)
+
+    # ------------------------------------------------------------------ construction
+
+    def _build(self, plan: Plan, weights: dict[str, Tensor] | None, momentum: dict[str, Tensor] | None) -> None:
+        self.plan = plan
+        devs = resolve_devices(plan, self.device_policy)
+        self.core = PipelineCore(
+            self.template,
+            plan,
+            self.training,
+            compensator=self.compensator,
+            devices=devs,
+            extra_loss=self.ocl.extra_loss if self.ocl is not None else None,
+            record_inputs=self.record_inputs,
+            log_limit=self.log_limit,
+        )
+        if weights is not None:
+            self.core.load_state(weights, momentum or {})
+        self.active = plan.active_workers
+        acc = {(w, s): plan.workers[w].accumulation[s] for w in self.active for s in range(plan.num_stages)}
+        self.program = OnlineProgram(plan.num_stages, acc)
+        if self.executor_kind == "virtual":
+            self.executor: VirtualExecutor | RealtimeExecutor = VirtualExecutor(self.core, self.program, self.cost)
+        else:
+            cpu_lanes = sum(1 for (_, s) in self.program.lanes if devs[s].type == "cpu")
+            if cpu_lanes:
+                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+                torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // cpu_lanes)))
+            self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter)
+
+    # ------------------------------------------------------------------ OnlineLearner
+
+    @property
+    def updates(self) -> int:
+        return max(st.updates for st in self.core.stages)
+
+    def predict_one(self, x: np.ndarray) -> np.ndarray:
+        xb = torch.as_tensor(x, dtype=torch.float32).unsqueeze(0)
+        logits = self.core.predict(xb)
+        return torch.softmax(logits.float().cpu(), dim=1)[0].numpy()
+
+    def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
+        i = self._samples
+        self._samples += 1
+        worker = self.active[i % len(self.active)]
+        buf = self._buffers.setdefault(worker, [])
+        buf.append((x, int(y), on_done, i * self.t_d))
+        if len(buf) >= self.training.microbatch:
+            self._emit(worker)
+
+    def _emit(self, worker: int) -> None:
+        buf = self._buffers.pop(worker, [])
+        if not buf:
+            return
+        x = torch.as_tensor(np.stack([b[0] for b in buf]), dtype=torch.float32)
+        y = torch.as_tensor([b[1] for b in buf], dtype=torch.long)
+        if self.ocl is not None:
+            xt, yt = self.ocl.augment(x, y)
+            self.ocl.observe(x, y)
+        else:
+            xt, yt = x, y
+        m = self._microbatches
+        self._microbatches += 1
+        self.core.add_microbatch(m, worker, xt, yt, [b[2] for b in buf])
+        self.executor.submit(m, worker, at=buf[-1][3])
+
+    def flush(self, timeout: float | None = None) -> bool:
+        for worker in sorted(self._buffers):
+            self._emit(worker)
+        return self.executor.drain(timeout)
+
+    def export_module(self) -> nn.Module:
+        module = copy.deepcopy(self.template)
+        module.load_state_dict(self.core.full_state(), strict=False)
+        return module.eval()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "kind": "pipeline",
+            "model": self.core.full_state(),
+            "momentum": self.core.momentum_state(),
+            "compensator": self.compensator.state_dict() if self.compensator is not None else {},
+            "ocl": self.ocl.state_dict() if self.ocl is not None else {},
+            "updates": [st.updates for st in self.core.stages],
+            "plan": self.plan.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.flush()
+        self.core.load_state(state["model"], state.get("momentum", {}))
+        if self.compensator is not None and state.get("compensator"):
+            self.compensator.load_state_dict(state["compensator"])
+        if self.ocl is not None and state.get("ocl"):
+            self.ocl.load_state_dict(state["ocl"])
+        for st, n in zip(self.core.stages, state.get("updates", []), strict=False):
+            st.updates = int(n)
+
+    def apply_plan(self, plan: Plan, timeout: float | None = None) -> bool:
+        """Switch to ``plan`` at a safe point: drain, keep weights and momentum, rebuild lanes."""
+        if plan.num_blocks != self.plan.num_blocks:
+            raise ValueError(f"plan has {plan.num_blocks} blocks, model has {self.plan.num_blocks}")
+        if not self.flush(timeout):
+            return False
+        updates = max(st.updates for st in self.core.stages)
+        weights, momentum = self.core.full_state(), self.core.momentum_state()
+        self.executor.close()
+        self._build(plan, weights, momentum)
+        for st in self.core.stages:
+            st.updates = updates
+        return True
+
+    def status(self) -> dict[str, Any]:
+        stats = self.core.stats()
+        return {
+            "engine": "pipeline",
+            "executor": self.executor_kind,
+            "stages": self.plan.num_stages,
+            "workers": len(self.active),
+            "in_flight_microbatches": self.core.in_flight(),
+            "skipped_backwards": self.core.skipped_backwards,
+            "stage": stats,
+            "max_staleness": [s["max_staleness"] for s in stats],
+            "mean_staleness": [s["mean_staleness"] for s in stats],
+            "live_versions": [s["live_versions"] for s in stats],
+            "version_bytes": sum(s["version_bytes"] for s in stats),
+            "lane_utilisation": self.executor.utilisation(),
+            "compensator": self.compensator.stats() if self.compensator is not None else {},
+            "ocl": self.ocl.stats() if self.ocl is not None else {},
+        }
+
+    def close(self) -> None:
+        self.executor.close()
+        for worker in list(self._buffers):
+            for _, _, cb, _ in self._buffers.pop(worker):
+                if cb is not None:
+                    cb(LearnOutcome(False, "closed"))
+        self.core.abandon("closed")

@@ -1,0 +1,192 @@
+"""The two executors (virtual clock and real time) and the single-threaded log replay.
+
+Role: run a :class:`~ferretd.engine.clock.LaneProgram` over a :class:`~ferretd.engine.core.PipelineCore`.
+Both executors call the same ``core.execute(action)``; only the driver differs.
+
+* :class:`VirtualExecutor`: one thread, microbatches arrive at given virtual times, each action
+  costs its profiled time (``cost(action)``, e.g. from ``{(stage, kind): seconds}``); deterministic.
+* :class:`RealtimeExecutor`: one thread per lane (worker x stage); a lane waits on one shared
+  condition until its program yields a ready action, runs it outside the lock, then marks it
+  done. Lanes of one stage share the stage's device. ``jitter`` (tests) is called before every
+  action to shake the interleaving.
+
+Both leave the executed order in ``core.log``; :func:`replay` re-executes a log on a fresh core
+single-threaded and reports any entry whose versions differ.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+import structlog
+from torch import Tensor
+
+from ferretd.engine.clock import Key, LaneProgram, VirtualClock, deps, key
+from ferretd.engine.core import LogEntry, PipelineCore
+from ferretd.engine.schedule import Action, Lane
+
+log = structlog.get_logger(__name__)
+
+
+class VirtualExecutor:
+    """Deterministic discrete-event executor running the real math."""
+
+    kind = "virtual"
+
+    def __init__(self, core: PipelineCore, program: LaneProgram, cost: Callable[[Action], float]) -> None:
+        self.core = core
+        self.program = program
+        self.clock = VirtualClock(program, cost, core.execute, keep_events=False)
+
+    def submit(self, microbatch: int, worker: int, at: float = 0.0) -> None:
+        at = max(at, self.clock.now)
+        self.clock.arrive(microbatch, worker, at)
+        self.clock.run(until=at)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        flushing = getattr(self.program, "flushing", None)
+        if flushing is not None:
+            self.program.flushing = True  # type: ignore[attr-defined]
+        self.clock.run()
+        if flushing is not None:
+            self.program.flushing = False  # type: ignore[attr-defined]
+        return not self.program.pending()
+
+    def utilisation(self) -> dict[str, float]:
+        now = max([self.clock.now, *self.clock.lane_free.values()])
+        return {f"w{w}s{s}": (b / now if now else 0.0) for (w, s), b in self.clock.busy.items()}
+
+    def close(self) -> None:
+        return None
+
+
+class RealtimeExecutor:
+    """One thread per lane; a shared condition orders dependencies."""
+
+    kind = "realtime"
+
+    def __init__(
+        self,
+        core: PipelineCore,
+        program: LaneProgram,
+        *,
+        jitter: Callable[[Action], None] | None = None,
+    ) -> None:
+        self.core = core
+        self.program = program
+        self.jitter = jitter
+        self.cond = threading.Condition()
+        self.done: set[Key] = set()
+        self.busy: dict[Lane, float] = dict.fromkeys(program.lanes, 0.0)
+        self.running = 0
+        self.error: BaseException | None = None
+        self._stop = False
+        self._started = time.perf_counter()
+        self._threads = [
+            threading.Thread(target=self._lane, args=(lane,), name=f"ferret-w{lane[0]}s{lane[1]}", daemon=True)
+            for lane in program.lanes
+        ]
+        for t in self._threads:
+            t.start()
+
+    def _ready(self, action: Action) -> bool:
+        return all(k in self.done for k in deps(action, self.program.num_stages))
+
+    def submit(self, microbatch: int, worker: int, at: float = 0.0) -> None:
+        with self.cond:
+            self._raise()
+            self.done.add(("A", 0, microbatch))
+            self.program.arrive(microbatch, worker)
+            self.cond.notify_all()
+
+    def _raise(self) -> None:
+        if self.error is not None:
+            raise RuntimeError(f"pipeline lane failed: {self.error!r}") from self.error
+
+    def _idle(self) -> bool:
+        return self.error is not None or (self.running == 0 and not self.program.pending())
+
+    def drain(self, timeout: float | None = None) -> bool:
+        with self.cond:
+            flushing = hasattr(self.program, "flushing")
+            if flushing:
+                self.program.flushing = True  # type: ignore[attr-defined]
+            self.cond.notify_all()
+            ok = self.cond.wait_for(self._idle, timeout)
+            if flushing:
+                self.program.flushing = False  # type: ignore[attr-defined]
+            self._raise()
+            return ok
+
+    def _lane(self, lane: Lane) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if self._stop:
+                        return
+                    action = self.program.next_action(lane, self._ready)
+                    if action is not None:
+                        self.program.take(action)
+                        self.running += 1
+                        break
+                    self.cond.wait()
+            if self.jitter is not None:
+                self.jitter(action)
+            t0 = time.perf_counter()
+            try:
+                self.core.execute(action)
+            except BaseException as exc:  # a lane must never die silently
+                log.error("lane_failed", lane=f"w{lane[0]}s{lane[1]}", action=str(action), error=repr(exc))
+                with self.cond:
+                    self.error = exc
+                    self._stop = True
+                    self.running -= 1
+                    self.cond.notify_all()
+                return
+            dt = time.perf_counter() - t0
+            with self.cond:
+                self.busy[lane] += dt
+                self.running -= 1
+                if action.kind == "B" and action.stage == 0:
+                    m = action.microbatch
+                    self.done.difference_update(
+                        {(k, s, m) for k in ("A", "F", "B") for s in range(self.program.num_stages)}
+                    )
+                else:
+                    self.done.add(key(action))
+                self.cond.notify_all()
+
+    def utilisation(self) -> dict[str, float]:
+        wall = time.perf_counter() - self._started
+        return {f"w{w}s{s}": (b / wall if wall else 0.0) for (w, s), b in self.busy.items()}
+
+    def close(self) -> None:
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+        for t in self._threads:
+            t.join(timeout=10)
+
+
+def replay(
+    entries: Iterable[LogEntry],
+    core: PipelineCore,
+    inputs: dict[int, tuple[int, Tensor, Tensor]] | None = None,
+) -> list[str]:
+    """Re-execute a recorded log single-threaded; list every entry whose versions differ.
+
+    ``inputs`` (``core.inputs`` of the recorded run, ``record_inputs=True``) registers each
+    microbatch on ``core`` before its first forward.
+    """
+    mismatches = []
+    for recorded in entries:
+        a = recorded.action
+        if inputs is not None and a.kind == "F" and a.stage == 0:
+            w, x, y = inputs[a.microbatch]
+            core.add_microbatch(a.microbatch, w, x, y, [])
+        got = core.execute(recorded.action)
+        if (got.pinned, got.current, got.skipped) != (recorded.pinned, recorded.current, recorded.skipped):
+            mismatches.append(f"{recorded.action}: recorded {recorded}, replayed {got}")
+    return mismatches
