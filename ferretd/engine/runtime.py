@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import structlog
 from torch import Tensor
 
-from ferretd.engine.clock import Key, LaneProgram, VirtualClock, deps, key
+from ferretd.engine.clock import Key, LaneProgram, StaticProgram, VirtualClock, cost_function, deps, key
 from ferretd.engine.core import LogEntry, PipelineCore
-from ferretd.engine.schedule import Action, Lane
+from ferretd.engine.schedule import Action, Lane, Schedule, ScheduleError, render_grid
 
 log = structlog.get_logger(__name__)
 
@@ -190,3 +190,23 @@ def replay(
         if (got.pinned, got.current, got.skipped) != (recorded.pinned, recorded.current, recorded.skipped):
             mismatches.append(f"{recorded.action}: recorded {recorded}, replayed {got}")
     return mismatches
+
+
+def run_schedule(
+    core: PipelineCore,
+    schedule: Schedule,
+    cost: Mapping[tuple[int, str], float] | None = None,
+    arrivals: Mapping[int, float] | None = None,
+) -> VirtualClock:
+    """Execute a static schedule on ``core`` under the virtual clock (microbatches registered).
+
+    Raises :class:`ScheduleError` with the lanes x time grid when the schedule deadlocks.
+    """
+    program = StaticProgram(schedule)
+    clock = VirtualClock(program, cost_function(cost), core.execute)
+    clock.arrive_all(schedule.owner, arrivals)
+    clock.run()
+    if program.pending():
+        grid = render_grid(clock.events, schedule.num_stages, schedule.num_workers, clock.stuck())
+        raise ScheduleError(f"schedule {schedule.name} deadlocked at t={clock.now:g}:\n{grid}")
+    return clock
