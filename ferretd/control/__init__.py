@@ -1,0 +1,1 @@
+"""Control plane: command handlers in the daemon and the ``ferretctl`` client."""

@@ -1,0 +1,72 @@
+"""Control commands, one handler each; the docstring is the usage shown by ``ferretctl help``.
+
+Handlers run on the control thread. Read-only ones read thread-safe state directly; anything
+that changes state runs on the daemon loop through ``daemon.call_in_loop``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ferretd.messages import ControlReply, ControlRequest
+
+if TYPE_CHECKING:
+    from ferretd.daemon import Daemon
+
+Command = Callable[["Daemon", dict[str, Any]], dict[str, Any]]
+COMMANDS: dict[str, Command] = {}
+
+
+def command(fn: Command) -> Command:
+    COMMANDS[fn.__name__.removeprefix("cmd_")] = fn
+    return fn
+
+
+@command
+def cmd_status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """status: state, uptime, counters, online accuracy, model sequence, memory.
+
+    wire: {"cmd": "status"}        cli: ferretctl status [--json]
+    """
+    return daemon.status()
+
+
+@command
+def cmd_snapshot(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """snapshot: export and announce a snapshot now; returns its manifest.
+
+    wire: {"cmd": "snapshot"}      cli: ferretctl snapshot [--json]
+    """
+    timeout = daemon.config.control.timeout_s
+    future = daemon.call_in_loop(daemon.snapshot_now)
+    return {"manifest": future.result(timeout=max(timeout, 30.0))}
+
+
+@command
+def cmd_stop(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """stop: the same path as SIGTERM: stop accepting, train what is queued, final snapshot.
+
+    wire: {"cmd": "stop"}          cli: ferretctl stop
+    """
+    daemon.call_in_loop(lambda: daemon.request_stop("ferretctl stop"))
+    return {"stopping": True}
+
+
+@command
+def cmd_help(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """help: list the commands with their usage.
+
+    wire: {"cmd": "help"}          cli: ferretctl help
+    """
+    return {name: (fn.__doc__ or "").strip() for name, fn in sorted(COMMANDS.items())}
+
+
+def make_handler(daemon: Daemon) -> Callable[[ControlRequest], ControlReply]:
+    def handle(request: ControlRequest) -> ControlReply:
+        fn = COMMANDS.get(request.cmd)
+        if fn is None:
+            return ControlReply(ok=False, error=f"unknown command {request.cmd!r}; try 'help'")
+        return ControlReply(ok=True, result=fn(daemon, request.args))
+
+    return handle

@@ -1,0 +1,133 @@
+"""``ferretctl``: ask a running ferretd how it is doing, or tell it what to do.
+
+Finds the control socket the way the daemon does (``--config``, then ``$RUNTIME_DIRECTORY``,
+``$XDG_RUNTIME_DIR/ferretd``, ``/tmp/ferretd-$UID``), or takes ``--endpoint``. Imports only the
+control client (no torch), so it starts instantly.
+
+Exit codes: 0 ok, 1 the daemon answered with an error, 2 bad usage or config, 3 the daemon is
+not running or did not answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ferretd.config import ConfigError, load_config
+from transports.zmq_control import ControlClient, ipc_path
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}{unit}" if abs(value) < 10 else f"{value:,.1f}{unit}"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return f"{value}{unit}"
+
+
+def _mib(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f} MiB"
+
+
+def render_status(status: dict[str, Any]) -> str:
+    c, a, t, s, m = (status[k] for k in ("counters", "accuracy", "training", "snapshot", "memory"))
+    dropped = ", ".join(f"{k} {v}" for k, v in sorted(c["dropped"].items())) or "none"
+    invalid = ", ".join(f"{k} {v}" for k, v in sorted(c["invalid"].items())) or "none"
+    rows = [
+        ("state", f"{status['state']} (pid {status['pid']}, ferretd {status['version']})"),
+        ("uptime", f"{status['uptime_s']:.0f} s"),
+        ("received", _fmt(c["received"])),
+        ("trained", _fmt(c["trained"])),
+        ("queued", f"{_fmt(c['queued'])} ({c['waiting']} waiting, {c['in_flight']} in flight)"),
+        ("dropped", f"{_fmt(c['dropped_total'])} ({dropped})"),
+        ("invalid", f"{_fmt(c['invalid_total'])} ({invalid})"),
+        ("counters add up", "yes" if c["balanced"] else "NO"),
+        ("sequence gaps", f"{c['seq_gaps']} over {c['devices']} device(s), {c['seq_resets']} reset(s)"),
+        ("online accuracy", _fmt(a["online_accuracy"])),
+        (f"  last {a['window']}", _fmt(a["window_accuracy"])),
+        ("  NoChange baseline", _fmt(a["nochange_accuracy"])),
+        ("  majority baseline", _fmt(a["majority_accuracy"])),
+        ("updates", _fmt(t["updates"])),
+        ("mean train delay", _fmt(t["mean_delay_s"], " s")),
+        ("model snapshot", f"seq {_fmt(s['seq'])} ({s['exported']} exported, {s['failed']} failed)"),
+        ("memory RSS", _mib(m["rss_bytes"])),
+        ("memory available", _mib(m["available_bytes"])),
+    ]
+    if m.get("headroom_bytes") is not None:
+        rows.append(("memory headroom", f"{_mib(m['headroom_bytes'])} (bound by {m.get('headroom_source', '?')})"))
+    engine = status.get("engine") or {}
+    if engine:
+        rows.append(("engine", ", ".join(f"{k}={v}" for k, v in engine.items() if not isinstance(v, dict | list))))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def render_generic(result: dict[str, Any]) -> str:
+    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items())
+
+
+RENDERERS = {"status": render_status}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ferretctl", description="Control and inspect a running ferretd.")
+    parser.add_argument("--config", help="the daemon's TOML config (to find its control socket)")
+    parser.add_argument("--endpoint", help="control endpoint, e.g. ipc:///run/ferretd/control.sock")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer")
+    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("status", help="state, counters, online accuracy, model, memory")
+    watch = sub.add_parser("stats", help="status, refreshed with --watch")
+    watch.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS")
+    sub.add_parser("snapshot", help="export and announce a snapshot now")
+    sub.add_parser("stop", help="stop the daemon (same path as SIGTERM)")
+    sub.add_parser("help", help="list the daemon's commands")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"ferretctl: {exc}\n")
+        return EXIT_USAGE
+    endpoint = args.endpoint or config.control.endpoint
+    socket_file = ipc_path(endpoint)
+    if socket_file and not Path(socket_file).exists():
+        sys.stderr.write(f"ferretctl: ferretd is not running (no control socket at {socket_file})\n")
+        return EXIT_UNREACHABLE
+    cmd = "status" if args.command == "stats" else args.command
+    timeout = args.timeout or config.control.timeout_s
+    with ControlClient(endpoint, timeout_s=timeout) as client:
+        while True:
+            try:
+                reply = client.call(cmd)
+            except TimeoutError as exc:
+                sys.stderr.write(f"ferretctl: ferretd did not answer: {exc}\n")
+                return EXIT_UNREACHABLE
+            if not reply.ok:
+                sys.stderr.write(f"ferretctl: {cmd}: {reply.error}\n")
+                return EXIT_ERROR
+            if args.json:
+                sys.stdout.write(json.dumps(reply.result, indent=2, sort_keys=True, default=str) + "\n")
+            else:
+                sys.stdout.write(RENDERERS.get(cmd, render_generic)(reply.result) + "\n")
+            sys.stdout.flush()
+            watch = getattr(args, "watch", None)
+            if not watch:
+                return EXIT_OK
+            time.sleep(watch)
+            sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

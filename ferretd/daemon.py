@@ -1,0 +1,317 @@
+"""ferretd's composition root and event loop: the only module that wires transports to the engine.
+
+Threads and who owns what:
+
+* ``ingest`` (transports.zmq_ingest) decodes frames and offers them to the :class:`SampleQueue`;
+* ``control`` answers ``ferretctl``; read-only commands read thread-safe state, anything that
+  changes state is enqueued as an event for the loop and the handler waits for its result;
+* ``snapshots`` owns the PUB/ROUTER sockets; ``exporter`` turns a weight copy into ONNX on disk;
+* the **main thread** runs the loop: signals and events, then samples (predict for online
+  accuracy, then learn), then snapshot and watchdog timing. Signal handlers only append to a
+  list the loop drains, and SIGTERM and ``ferretctl stop`` share :meth:`Daemon.request_stop`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+import torch
+import zmq
+
+from ferretd import __version__
+from ferretd.config import Config, ConfigError, load_config
+from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
+from ferretd.ingest import SampleQueue
+from ferretd.learners import make_learner
+from ferretd.logs import RateLimitedLog, configure_logging
+from ferretd.messages import DropReason, RejectReason
+from ferretd.snapshot.exporter import SnapshotExporter
+from ferretd.snapshot.store import SnapshotStore
+from ferretd.status import build_status, status_line
+from ferretd.systemd import Notifier
+from transports.codec import Rejected, SampleDecoder
+from transports.zmq_control import ControlServer
+from transports.zmq_ingest import IngestServer
+from transports.zmq_snapshots import SnapshotService
+
+log = structlog.get_logger("ferretd")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_SOCKET = 0, 1, 2, 3
+
+
+class Daemon:
+    def __init__(self, config: Config, context: zmq.Context | None = None) -> None:
+        self.config = config
+        self.context = context or zmq.Context()
+        self.started_at = time.time()
+        self.state = "starting"
+        torch.set_num_threads(config.daemon.torch_threads)
+        self.queue = SampleQueue(config.ingest.queue_capacity, config.ingest.overflow, config.ingest.max_devices)
+        self.decoder = SampleDecoder(
+            config.model.input_shape, config.model.num_classes, config.ingest.max_message_bytes
+        )
+        self.learner: OnlineLearner = make_learner(config)
+        self.score = PrequentialScore(config.metrics.window)
+        self.score_lock = threading.Lock()
+        self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
+        self.exporter = SnapshotExporter(self.store, config, on_saved=self._snapshot_saved)
+        self.notifier = Notifier()
+        self.bad_input = RateLimitedLog(log)
+        self.events: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
+        self._signals: list[int] = []
+        self._stop_requested = False
+        self._last_snapshot_updates = 0
+        self._last_snapshot_time = time.monotonic()
+        self._delay_sum = 0.0
+        self._delay_count = 0
+        self.ingest: IngestServer | None = None
+        self.control: ControlServer | None = None
+        self.snapshots: SnapshotService | None = None
+
+    # ------------------------------------------------------------------ ingest thread
+
+    def handle_frame(self, frame: bytes | None, received_at: float) -> None:
+        if frame is None:
+            self._reject(RejectReason.MALFORMED, "multipart message")
+            return
+        try:
+            sample = self.decoder.decode(frame, received_at)
+        except Rejected as exc:
+            self._reject(exc.reason, exc.detail)
+            return
+        if not self.queue.offer(sample):
+            self.bad_input.warning(
+                "queue_full", "sample_dropped", reason=DropReason.QUEUE_FULL.value, policy=self.config.ingest.overflow
+            )
+
+    def _reject(self, reason: RejectReason, detail: str) -> None:
+        self.queue.reject(reason)
+        self.bad_input.warning(f"invalid:{reason.value}", "sample_rejected", reason=reason.value, detail=detail)
+
+    # ------------------------------------------------------------------ control (any thread)
+
+    def call_in_loop(self, fn: Callable[[], Any], timeout: float | None = None) -> Any:
+        """Run ``fn`` on the loop thread and wait for its result (how control mutates state)."""
+        future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.events.put((fn, future))
+        return future.result(timeout=timeout or self.config.control.timeout_s)
+
+    def request_stop(self, reason: str) -> None:
+        if not self._stop_requested:
+            log.info("stop_requested", reason=reason)
+        self._stop_requested = True
+
+    def status(self) -> dict[str, Any]:
+        return build_status(self)
+
+    def score_summary(self) -> dict[str, Any]:
+        with self.score_lock:
+            return self.score.summary()
+
+    def mean_train_delay_s(self) -> float | None:
+        return self._delay_sum / self._delay_count if self._delay_count else None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        cfg = self.config
+        Path(cfg.runtime_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+        Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+        from ferretd.control.commands import make_handler
+
+        self.snapshots = SnapshotService(
+            self.context,
+            cfg.snapshot.announce_endpoint,
+            cfg.snapshot.latest_endpoint,
+            latest=self._latest_manifest,
+            fetch=self._fetch_snapshot,
+        )
+        self.control = ControlServer(self.context, cfg.control.endpoint, make_handler(self))
+        self.ingest = IngestServer(
+            self.context, cfg.ingest.endpoint, self.handle_frame, max_message_bytes=cfg.ingest.max_message_bytes
+        )
+        self.exporter.start()
+        self.snapshots.start()
+        self.control.start()
+        self.ingest.start()
+        self.state = "running"
+        log.info(
+            "ferretd_ready",
+            version=__version__,
+            ingest=cfg.ingest.endpoint,
+            control=cfg.control.endpoint,
+            snapshots=cfg.snapshot.announce_endpoint,
+            model=cfg.model.name,
+            learner=self.learner.status().get("engine"),
+        )
+        self.notifier.ready(status_line(self))
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, lambda signum, _frame: self._signals.append(signum))
+
+    def run(self) -> int:
+        """The loop. Returns the process exit code."""
+        self.start()
+        try:
+            while not self._stop_requested:
+                self._drain_signals()
+                self._drain_events()
+                for sample in self.queue.take(self.config.training.microbatch, timeout=0.05):
+                    self._process(sample)
+                self._maybe_snapshot()
+                if self.notifier.maybe_ping():
+                    self.notifier.status(status_line(self))
+            return self.shutdown()
+        except Exception:
+            log.exception("ferretd_failed")
+            self.shutdown(final_snapshot=False)
+            return EXIT_FAILURE
+
+    def _drain_signals(self) -> None:
+        while self._signals:
+            signum = self._signals.pop(0)
+            if signum == signal.SIGHUP:
+                log.info("sighup_ignored", detail="config reload arrives with the service issue")
+            else:
+                self.request_stop(signal.Signals(signum).name)
+
+    def _drain_events(self) -> None:
+        while True:
+            try:
+                fn, future = self.events.get_nowait()
+            except queue.Empty:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except Exception as exc:
+                future.set_exception(exc)
+
+    def _process(self, sample: Any) -> None:
+        probabilities = self.learner.predict_one(sample.features)
+        with self.score_lock:
+            self.score.record(int(np.argmax(probabilities)), sample.label)
+        received_at = sample.received_at
+        self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
+
+    def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
+        self.queue.settle(outcome.trained, outcome.reason or DropReason.ENGINE.value)
+        if outcome.trained and received_at:
+            self._delay_sum += time.monotonic() - received_at
+            self._delay_count += 1
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _maybe_snapshot(self) -> None:
+        cfg = self.config.snapshot
+        fresh = self.learner.updates - self._last_snapshot_updates
+        if fresh <= 0 or self.exporter.busy:
+            return
+        due_updates = cfg.every_updates and fresh >= cfg.every_updates
+        due_time = cfg.every_seconds and time.monotonic() - self._last_snapshot_time >= cfg.every_seconds
+        if due_updates or due_time:
+            self.snapshot_now()
+
+    def snapshot_now(self) -> concurrent.futures.Future[Any]:
+        """Hand a consistent copy of the weights to the exporter (loop thread only)."""
+        self._last_snapshot_updates = self.learner.updates
+        self._last_snapshot_time = time.monotonic()
+        return self.exporter.submit(
+            self.learner.export_module(),
+            updates=self.learner.updates,
+            samples_trained=self.queue.snapshot().trained,
+            online_accuracy=self.score_summary()["online_accuracy"],
+        )
+
+    def _snapshot_saved(self, manifest: dict[str, Any]) -> None:
+        if self.snapshots is not None:
+            self.snapshots.announce(manifest)
+
+    def _latest_manifest(self) -> dict[str, Any] | None:
+        latest = self.store.latest()
+        return latest.to_dict() if latest else None
+
+    def _fetch_snapshot(self, seq: int) -> tuple[dict[str, Any], bytes] | None:
+        try:
+            manifest, data = self.store.read(seq)
+        except (OSError, ValueError):
+            return None
+        return manifest.to_dict(), data
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self, final_snapshot: bool = True) -> int:
+        """Stop accepting, train what is queued (within the timeout), final snapshot, close."""
+        self.state = "stopping"
+        self.notifier.stopping("stopping: draining queue")
+        if self.ingest is not None:
+            self.ingest.stop()
+        deadline = time.monotonic() + self.config.daemon.shutdown_timeout_s
+        while time.monotonic() < deadline:
+            self._drain_events()
+            batch = self.queue.take(self.config.training.microbatch, timeout=0)
+            if not batch:
+                break
+            for sample in batch:
+                self._process(sample)
+        dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
+        self.learner.flush(timeout=max(0.0, deadline - time.monotonic()))
+        if final_snapshot and self.learner.updates > self._last_snapshot_updates:
+            try:
+                self.snapshot_now().result(timeout=max(5.0, deadline - time.monotonic()))
+            except Exception:
+                log.exception("final_snapshot_failed")
+        self.exporter.stop()
+        self._drain_events()
+        for service in (self.control, self.snapshots):
+            if service is not None:
+                service.stop()
+        self.learner.close()
+        ledger = self.queue.snapshot()
+        log.info("ferretd_stopped", dropped_at_shutdown=dropped, **ledger.to_dict(), **self.score_summary())
+        self.state = "stopped"
+        self.notifier.close()
+        return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ferretd", description="Edge streaming learner daemon (Ferret method).")
+    parser.add_argument("--config", help="TOML config file; embedded defaults without it")
+    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--version", action="version", version=f"ferretd {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"ferretd: {exc}\n")
+        return EXIT_CONFIG
+    if args.check_config:
+        sys.stdout.write(f"config ok: {args.config or '(embedded defaults)'}\n")
+        return EXIT_OK
+    configure_logging(config.daemon.log_level)
+    os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
+    try:
+        daemon = Daemon(config)
+        daemon.install_signal_handlers()
+        return daemon.run()
+    except zmq.ZMQError as exc:
+        log.error("socket_setup_failed", error=str(exc))
+        return EXIT_SOCKET
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""ferret-infer: serves predictions from ONNX snapshots with onnxruntime. Never imports torch."""

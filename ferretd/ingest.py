@@ -1,0 +1,191 @@
+"""The bounded sample queue and the ledger that makes the counters add up.
+
+Every frame the ingest socket receives ends in exactly one bucket::
+
+    received = trained + dropped + invalid + queued        (queued = waiting + in_flight)
+
+``SampleQueue`` keeps all of them under one lock, so a status snapshot is always consistent.
+The ingest thread calls :meth:`SampleQueue.offer` / :meth:`SampleQueue.reject`; the daemon
+loop calls :meth:`take` and, when the learner reports a sample's fate, :meth:`settle`.
+
+Overflow policy (``[ingest] overflow``): ``drop_oldest`` (default) evicts the oldest waiting
+sample to make room, because in online learning a sample is worth most right after it arrives;
+``drop_newest`` refuses the arriving one instead. Either way the loss is counted as
+``dropped.queue_full``.
+
+Per-device sequence numbers are tracked to count gaps (numbers never received as a valid
+sample) and resets (a number at or below the last one: a device restart or reordering).
+
+Stdlib only.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
+from typing import Any
+
+from ferretd.messages import DropReason, RejectReason, Sample
+
+
+@dataclass(frozen=True)
+class LedgerSnapshot:
+    received: int
+    trained: int
+    dropped: dict[str, int]
+    invalid: dict[str, int]
+    waiting: int
+    in_flight: int
+    seq_gaps: int
+    seq_resets: int
+    devices: int
+
+    @property
+    def queued(self) -> int:
+        return self.waiting + self.in_flight
+
+    @property
+    def balanced(self) -> bool:
+        dropped = sum(self.dropped.values())
+        invalid = sum(self.invalid.values())
+        return self.received == self.trained + dropped + invalid + self.queued
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "trained": self.trained,
+            "dropped": dict(self.dropped),
+            "dropped_total": sum(self.dropped.values()),
+            "invalid": dict(self.invalid),
+            "invalid_total": sum(self.invalid.values()),
+            "queued": self.queued,
+            "waiting": self.waiting,
+            "in_flight": self.in_flight,
+            "balanced": self.balanced,
+            "seq_gaps": self.seq_gaps,
+            "seq_resets": self.seq_resets,
+            "devices": self.devices,
+        }
+
+
+class SampleQueue:
+    """Bounded FIFO of accepted samples plus the counters of every frame's fate."""
+
+    def __init__(self, capacity: int, overflow: str = "drop_oldest", max_devices: int = 10_000) -> None:
+        if overflow not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"unknown overflow policy {overflow!r}")
+        self.capacity = capacity
+        self.overflow = overflow
+        self.max_devices = max_devices
+        self._items: deque[Sample] = deque()
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._received = 0
+        self._trained = 0
+        self._in_flight = 0
+        self._dropped: Counter[str] = Counter()
+        self._invalid: Counter[str] = Counter()
+        self._last_seq: OrderedDict[str, int] = OrderedDict()
+        self._seq_gaps = 0
+        self._seq_resets = 0
+        self.last_received_at = 0.0
+
+    # ------------------------------------------------------------------ producer side
+
+    def reject(self, reason: RejectReason) -> None:
+        with self._lock:
+            self._received += 1
+            self._invalid[reason.value] += 1
+            self.last_received_at = time.monotonic()
+
+    def offer(self, sample: Sample) -> bool:
+        """Enqueue an accepted sample; False when the overflow policy refused or evicted one."""
+        with self._lock:
+            self._received += 1
+            self.last_received_at = time.monotonic()
+            self._track_sequence(sample.device, sample.seq)
+            if len(self._items) >= self.capacity:
+                self._dropped[DropReason.QUEUE_FULL.value] += 1
+                if self.overflow == "drop_newest":
+                    return False
+                self._items.popleft()
+                self._items.append(sample)
+                self._not_empty.notify()
+                return False
+            self._items.append(sample)
+            self._not_empty.notify()
+            return True
+
+    def _track_sequence(self, device: str, seq: int) -> None:
+        last = self._last_seq.get(device)
+        if last is None:
+            if len(self._last_seq) >= self.max_devices:
+                self._last_seq.popitem(last=False)
+        elif seq > last:
+            self._seq_gaps += seq - last - 1
+        else:
+            self._seq_resets += 1
+        self._last_seq[device] = seq
+        self._last_seq.move_to_end(device)
+
+    # ------------------------------------------------------------------ consumer side
+
+    def take(self, max_items: int = 1, timeout: float | None = None) -> list[Sample]:
+        """Pop up to ``max_items`` (waiting up to ``timeout`` for the first); they become in flight."""
+        with self._not_empty:
+            if not self._items and timeout != 0:
+                self._not_empty.wait_for(lambda: bool(self._items), timeout=timeout)
+            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
+            self._in_flight += len(batch)
+            return batch
+
+    def settle(self, trained: bool, reason: str = DropReason.ENGINE.value) -> None:
+        """One in-flight sample finished: trained, or dropped with ``reason``."""
+        with self._lock:
+            if self._in_flight <= 0:
+                raise RuntimeError("settle() without a matching take()")
+            self._in_flight -= 1
+            if trained:
+                self._trained += 1
+            else:
+                self._dropped[reason] += 1
+
+    def drop_waiting(self, reason: DropReason = DropReason.SHUTDOWN) -> int:
+        """Discard every waiting sample (counted under ``reason``); returns how many."""
+        with self._lock:
+            n = len(self._items)
+            self._items.clear()
+            if n:
+                self._dropped[reason.value] += n
+            return n
+
+    def restore_counts(self, received: int, trained: int, dropped: dict[str, int], invalid: dict[str, int]) -> None:
+        """Continue the counters of a previous run (checkpoint resume); only when empty."""
+        with self._lock:
+            if self._items or self._in_flight or self._received:
+                raise RuntimeError("restore_counts() on a queue that has seen samples")
+            self._received, self._trained = int(received), int(trained)
+            self._dropped = Counter({k: int(v) for k, v in dropped.items()})
+            self._invalid = Counter({k: int(v) for k, v in invalid.items()})
+
+    # ------------------------------------------------------------------ inspection
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._items)
+
+    def snapshot(self) -> LedgerSnapshot:
+        with self._lock:
+            return LedgerSnapshot(
+                received=self._received,
+                trained=self._trained,
+                dropped=dict(self._dropped),
+                invalid=dict(self._invalid),
+                waiting=len(self._items),
+                in_flight=self._in_flight,
+                seq_gaps=self._seq_gaps,
+                seq_resets=self._seq_resets,
+                devices=len(self._last_seq),
+            )

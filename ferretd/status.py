@@ -1,0 +1,60 @@
+"""What ``ferretctl status`` and the systemd STATUS line report, assembled from thread-safe reads."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import psutil
+
+from ferretd import __version__
+
+if TYPE_CHECKING:
+    from ferretd.daemon import Daemon
+
+
+def memory_report() -> dict[str, Any]:
+    process = psutil.Process(os.getpid())
+    return {
+        "rss_bytes": process.memory_info().rss,
+        "available_bytes": psutil.virtual_memory().available,
+    }
+
+
+def build_status(daemon: Daemon) -> dict[str, Any]:
+    ledger = daemon.queue.snapshot()
+    latest = daemon.store.latest()
+    return {
+        "version": __version__,
+        "pid": os.getpid(),
+        "state": daemon.state,
+        "uptime_s": round(time.time() - daemon.started_at, 1),
+        "counters": ledger.to_dict(),
+        "accuracy": daemon.score_summary(),
+        "training": {
+            "updates": daemon.learner.updates,
+            "mean_delay_s": daemon.mean_train_delay_s(),
+            "model": daemon.config.model.name,
+        },
+        "snapshot": {
+            "seq": latest.seq if latest else None,
+            "created_at": latest.created_at if latest else None,
+            "exported": daemon.exporter.exported,
+            "failed": daemon.exporter.failed,
+            "last_export_s": daemon.exporter.last_export_s,
+        },
+        "memory": memory_report(),
+        "engine": daemon.learner.status(),
+    }
+
+
+def status_line(daemon: Daemon) -> str:
+    """One line for systemd's STATUS= and the journal."""
+    ledger = daemon.queue.snapshot()
+    acc = daemon.score_summary()["online_accuracy"]
+    acc_text = f"{acc:.3f}" if acc is not None else "n/a"
+    return (
+        f"{daemon.state}: received {ledger.received}, trained {ledger.trained}, "
+        f"queued {ledger.queued}, oacc {acc_text}, updates {daemon.learner.updates}"
+    )

@@ -1,0 +1,1 @@
+"""ZeroMQ transports and client libraries. Never imports torch or the training engine."""

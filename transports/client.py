@@ -1,0 +1,237 @@
+"""Client libraries for the people around the daemon.
+
+* :class:`SamplePublisher` for device code: ``pub.publish(features, label)``.
+* :class:`SnapshotSubscriber` for any process that wants the model snapshots.
+* :class:`InferenceClient` for applications asking ``ferret-infer`` for predictions.
+
+All three speak plain ZeroMQ + msgpack (see ``transports.codec``) and need neither torch nor
+the daemon's code, so they can be vendored onto a device.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zmq
+
+from transports.codec import encode_sample, pack, pack_array, unpack
+from transports.zmq_snapshots import TOPIC
+
+
+class SamplePublisher:
+    """PUSHes labeled samples to ferretd. Sequence numbers count up per publisher.
+
+    ``publish`` waits at most ``send_timeout_ms`` when ZeroMQ's buffer is full (or no daemon is
+    connected yet) and then returns False; the sequence number is consumed either way, so the
+    daemon sees the loss as a sequence gap.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        device: str,
+        *,
+        send_timeout_ms: int = 1000,
+        sndhwm: int = 10_000,
+        start_seq: int = 0,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self.device = device
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._socket = self._context.socket(zmq.PUSH)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
+        self._socket.setsockopt(zmq.LINGER, 2000)
+        self._socket.connect(endpoint)
+        self._seq = itertools.count(start_seq)
+        self.sent = 0
+        self.unsent = 0
+
+    def publish(self, features: np.ndarray, label: int, timestamp: float | None = None) -> bool:
+        frame = encode_sample(self.device, next(self._seq), features, label, timestamp)
+        return self.send_raw(frame)
+
+    def send_raw(self, frame: bytes | list[bytes]) -> bool:
+        """Send an already encoded frame (or a multipart list) as is; tools and tests use it."""
+        try:
+            if isinstance(frame, list):
+                self._socket.send_multipart(frame)
+            else:
+                self._socket.send(frame)
+        except zmq.Again:
+            self.unsent += 1
+            return False
+        self.sent += 1
+        return True
+
+    def close(self) -> None:
+        self._socket.close()
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> SamplePublisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SnapshotSubscriber:
+    """Subscribes to announcements first, then asks for the latest manifest (Clone pattern).
+
+    ``poll(timeout_ms)`` returns the next manifest newer than any seen, or None. ``fetch(seq)``
+    downloads a snapshot's ONNX bytes from the daemon (for processes that cannot read its
+    state directory).
+    """
+
+    def __init__(
+        self,
+        announce_endpoint: str,
+        latest_endpoint: str,
+        *,
+        request_timeout_ms: int = 2000,
+        context: zmq.Context | None = None,
+    ) -> None:
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._sub = self._context.socket(zmq.SUB)
+        self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self._sub.connect(announce_endpoint)
+        self._latest_endpoint = latest_endpoint
+        self._timeout_ms = request_timeout_ms
+        self._req = self._new_dealer()
+        self.last_seq = -1
+        self._pending: list[dict[str, Any]] = []
+
+    def _new_dealer(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._latest_endpoint)
+        return sock
+
+    def _request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        self._req.send_multipart([b"", pack(request)])
+        if not self._req.poll(self._timeout_ms, zmq.POLLIN):
+            # Reset the DEALER so a late reply cannot be mistaken for the next request's answer.
+            self._req.close(linger=0)
+            self._req = self._new_dealer()
+            return None
+        reply = unpack(self._req.recv_multipart()[-1])
+        return reply if isinstance(reply, dict) else None
+
+    def request_latest(self) -> dict[str, Any] | None:
+        """The daemon's current manifest, or None (no snapshot yet, or no answer in time)."""
+        reply = self._request({"op": "latest"})
+        if reply and reply.get("ok"):
+            return reply["manifest"]
+        return None
+
+    def fetch(self, seq: int) -> tuple[dict[str, Any], bytes] | None:
+        reply = self._request({"op": "fetch", "seq": int(seq)})
+        if reply and reply.get("ok"):
+            return reply["manifest"], reply["data"]
+        return None
+
+    def poll(self, timeout_ms: int = 0) -> dict[str, Any] | None:
+        """Next manifest newer than ``last_seq`` (announced, or found by ``catch_up``)."""
+        while self._pending:
+            manifest = self._pending.pop(0)
+            if self._accept(manifest):
+                return manifest
+        while self._sub.poll(timeout_ms, zmq.POLLIN):
+            _topic, payload = self._sub.recv_multipart()
+            try:
+                manifest = unpack(payload)
+            except ValueError:
+                continue
+            if isinstance(manifest, dict) and self._accept(manifest):
+                return manifest
+            timeout_ms = 0
+        return None
+
+    def catch_up(self) -> None:
+        """Ask for the latest manifest; queue it for ``poll`` if it is newer than what we have."""
+        latest = self.request_latest()
+        if latest is not None:
+            self._pending.append(latest)
+
+    def _accept(self, manifest: dict[str, Any]) -> bool:
+        seq = manifest.get("seq")
+        if type(seq) is not int or seq <= self.last_seq:
+            return False
+        self.last_seq = seq
+        return True
+
+    def close(self) -> None:
+        self._sub.close(linger=0)
+        self._req.close(linger=0)
+        if self._own_context:
+            self._context.term()
+
+
+@dataclass(frozen=True)
+class Prediction:
+    label: int
+    probabilities: np.ndarray
+    model_seq: int
+
+
+class InferenceError(RuntimeError):
+    """ferret-infer answered with an error (no model yet, bad input...)."""
+
+
+class InferenceClient:
+    """Asks ``ferret-infer`` for predictions over a DEALER socket."""
+
+    def __init__(self, endpoint: str, timeout_ms: int = 2000, context: zmq.Context | None = None) -> None:
+        self._own_context = context is None
+        self._context = context or zmq.Context()
+        self._endpoint = endpoint
+        self._timeout_ms = timeout_ms
+        self._socket = self._connect()
+
+    def _connect(self) -> zmq.Socket:
+        sock = self._context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.connect(self._endpoint)
+        return sock
+
+    def predict(self, x: np.ndarray) -> Prediction:
+        """One sample in, its label, class probabilities and the serving model's sequence out."""
+        self._socket.send_multipart([b"", pack({"op": "predict", "x": pack_array(np.asarray(x, dtype=np.float32))})])
+        if not self._socket.poll(self._timeout_ms, zmq.POLLIN):
+            self._socket.close(linger=0)
+            self._socket = self._connect()
+            raise TimeoutError(f"no prediction from {self._endpoint} within {self._timeout_ms} ms")
+        reply = unpack(self._socket.recv_multipart()[-1])
+        if not reply.get("ok"):
+            raise InferenceError(reply.get("error", "unknown error"))
+        return Prediction(
+            label=int(reply["label"]),
+            probabilities=np.asarray(reply["probabilities"], dtype=np.float32),
+            model_seq=int(reply["model_seq"]),
+        )
+
+    def info(self) -> dict[str, Any]:
+        self._socket.send_multipart([b"", pack({"op": "info"})])
+        if not self._socket.poll(self._timeout_ms, zmq.POLLIN):
+            self._socket.close(linger=0)
+            self._socket = self._connect()
+            raise TimeoutError(f"no answer from {self._endpoint} within {self._timeout_ms} ms")
+        return unpack(self._socket.recv_multipart()[-1])
+
+    def close(self) -> None:
+        self._socket.close(linger=0)
+        if self._own_context:
+            self._context.term()
+
+    def __enter__(self) -> InferenceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,82 @@
+"""The ingest socket: a ZeroMQ PULL bound for devices, drained on its own thread.
+
+Each received frame goes to ``handle_frame`` (the daemon decodes, validates and enqueues it).
+A multipart message is handed over as ``None`` so it can be counted as malformed. The socket
+has a generous receive high-water mark; ``MAXMSGSIZE`` is set far above the configured message
+limit as a memory guard only: frames past the configured limit but under the guard are
+received and counted as ``too_large``, while a frame past the guard makes ZeroMQ drop that peer
+before any byte reaches us (it cannot be counted).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import structlog
+import zmq
+
+log = structlog.get_logger(__name__)
+
+FrameHandler = Callable[[bytes | None, float], None]
+
+
+class IngestServer:
+    """Owns the PULL socket; ``start()`` spawns the receive thread, ``stop()`` joins it."""
+
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        handle_frame: FrameHandler,
+        *,
+        max_message_bytes: int,
+        rcvhwm: int = 100_000,
+        batch: int = 256,
+    ) -> None:
+        self.endpoint = endpoint
+        self._handle = handle_frame
+        self._batch = batch
+        self._socket = context.socket(zmq.PULL)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
+        self._socket.setsockopt(zmq.MAXMSGSIZE, max(64 << 20, 4 * max_message_bytes))
+        self._socket.bind(endpoint)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self.frames = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop receiving; frames still in ZeroMQ's buffer were never accepted and stay uncounted."""
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        self._socket.close(linger=0)
+
+    def _run(self) -> None:
+        sock = self._socket
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        while not self._stop.is_set():
+            if not poller.poll(100):
+                continue
+            for _ in range(self._batch):
+                try:
+                    parts = sock.recv_multipart(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                except zmq.ZMQError as exc:  # socket closed under us during shutdown
+                    if self._stop.is_set():
+                        return
+                    log.error("ingest_receive_failed", error=str(exc))
+                    time.sleep(0.1)
+                    break
+                self.frames += 1
+                try:
+                    self._handle(parts[0] if len(parts) == 1 else None, time.monotonic())
+                except Exception:  # a handler bug must not kill ingestion
+                    log.exception("ingest_handler_failed")
