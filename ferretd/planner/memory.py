@@ -4,25 +4,31 @@ Role: section 4 of the Ferret notes, as plain functions of :class:`~ferretd.plan
 and :class:`~ferretd.engine.plan.Plan` (no torch needed). The search uses it to decide whether a
 plan fits the budget; ``tools/bench/bench_planner.py`` checks it against measurement.
 
-Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
+Model, for stage j with parameter bytes |w_j|, P stages, active workers n (validated against the
+engine's version bookkeeping, ``ferretd.engine.simulate``, for P <= 4, N <= 3, a <= 3, omission):
 
 * **Weight versions are shared by all workers** (section 2: all workers update the same model;
   the engine keeps per-stage immutable versions, refcounted by the in-flight microbatches that
-  pinned them). The current version is one copy for everyone. Worker n's in-flight microbatches
-  at stage j pin at most ``ceil((P-j-1)/a_{n,j})`` *older* versions (its own 1F1B window holds
-  P-j-1 other backwards, and an update happens every ``a`` of them). In the worst case the
-  versions pinned by different workers are distinct (the other workers' updates interleave), so
+  pinned them, from forward until the update that applies their gradient). A pin lives across
+  the worker's own ``P-j-1`` later backwards plus its accumulation window. With one worker the
+  live versions are the notes' ``1 + ceil((P-j-1)/a)``. Every *other* pinning worker's updates
+  interleave with it, and each such worker holds ``ceil((P-j)/a_m)`` distinct versions (its
+  window includes its own in-flight update), so in the worst case (saturated workers)
 
-      versions_j = 1 + sum_{n active, not o_{n,j}} ceil((P-j-1) / a_{n,j})
+      versions_j = 1 + sum_{m pinning} ceil((P-j)/a_{m,j}) - min_{m pinning} delta_m
+      delta_m    = ceil((P-j)/a_{m,j}) - ceil((P-j-1)/a_{m,j})         (0 or 1)
 
-  With one worker this is the notes' ``1 + ceil((P-j-1)/a)``; an omitting worker (T3) keeps no
-  stash at j and pins nothing there. This is an upper bound: when workers are not saturated,
-  fewer versions are alive.
-* Gradients: one |w_j| buffer per active worker (the accumulation buffer for a > 1, the transient
-  ``autograd.grad`` result for a = 1).
-* Optimizer state: ``optimizer_factor * |w_j|`` once (SGD momentum: 1, plain SGD: 0).
-* Compensation state: ``compensation_factor * |w_j|`` once (fitted-lambda Iter-Fisher: 2,
-  gap-aware: 1 for the update-size EMA, others 0).
+  A worker that omits at j (T3) keeps no pin across the pipeline; it only pins the current
+  version from its backward to its update. That adds one version when another active worker can
+  publish in between (>= 2 active workers), else nothing. Not pinning, it is excluded from the sum.
+* Deltas: with a compensator the engine keeps ``theta^{k+1} - theta^k`` from the oldest pinned
+  version on: ``(versions_j - 1) |w_j|`` (``keep_deltas``).
+* Gradients: the engine keeps a worker's whole accumulation window (one gradient per microbatch,
+  compensated one by one): ``sum_n a_{n,j} |w_j|``.
+* Fixed copies: the stage's template module (``fixed_copies |w_j|``, 1 in the engine),
+  optimizer state ``optimizer_factor |w_j|`` (SGD momentum: 1), compensator state
+  ``compensation_factor |w_j|`` (fitted-lambda Iter-Fisher: 3 = EMA, g_prev^2, th_prev;
+  gap-aware: 1).
 * Activations per worker and stage, with ``inflight = P - j`` microbatches and ``A_j`` the
   saved bytes of one microbatch through the stage (boundary tensors shared within a stage counted
   once): ``inflight * A_j`` without recompute; ``inflight * |input_j| + A_j`` with recompute (the
@@ -31,11 +37,15 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ferretd.engine.plan import Plan
 from ferretd.planner.profile import Profile
+
+SIM_SPACINGS = (0.0, 0.1, 0.35, 0.7, 2.0, 6.0)
 
 
 @dataclass(frozen=True)
@@ -44,12 +54,17 @@ class MemoryParams:
 
     optimizer_factor: float = 0.0
     compensation_factor: float = 0.0
-    grad_buffer_per_worker: bool = True
+    keep_deltas: bool = False
+    fixed_copies: float = 1.0
 
     @classmethod
     def for_training(cls, momentum: float = 0.0, compensation: str = "none", fitted: bool = True) -> MemoryParams:
-        comp = {"iter_fisher": 2.0 if fitted else 0.0, "gap_aware": 1.0}.get(compensation, 0.0)
-        return cls(optimizer_factor=1.0 if momentum > 0 else 0.0, compensation_factor=comp)
+        comp = {"iter_fisher": 3.0 if fitted else 0.0, "gap_aware": 1.0}.get(compensation, 0.0)
+        return cls(
+            optimizer_factor=1.0 if momentum > 0 else 0.0,
+            compensation_factor=comp,
+            keep_deltas=compensation != "none",
+        )
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,7 @@ class MemoryBreakdown:
 
     total_bytes: int
     version_bytes: int
+    delta_bytes: int
     grad_bytes: int
     optimizer_bytes: int
     compensation_bytes: int
@@ -66,11 +82,68 @@ class MemoryBreakdown:
     versions: tuple[int, ...]
 
 
-def stage_versions(plan: Plan, stage: int) -> int:
-    """Live weight versions at ``stage`` (shared across workers), see the module docstring."""
-    back = plan.num_stages - stage - 1
-    old = sum(math.ceil(back / w.accumulation[stage]) for w in plan.workers if w.active and not w.omit[stage])
-    return 1 + old
+def closed_form_versions(ahead: int, lanes: Sequence[tuple[int, bool]]) -> int:
+    """Live versions at a stage with ``ahead = P - j``; ``lanes`` = (a, omit) per active worker.
+
+    Exact for one worker and for identical non-omitting workers; an estimate otherwise.
+    """
+    pinning = [a for a, omit in lanes if not omit]
+    versions = 1
+    if pinning:
+        versions += sum(math.ceil(ahead / a) for a in pinning)
+        versions -= min(math.ceil(ahead / a) - math.ceil((ahead - 1) / a) for a in pinning)
+    if len(pinning) < len(lanes) and len(lanes) >= 2:
+        versions += 1
+    return versions
+
+
+Lanes = tuple[tuple[tuple[int, ...], tuple[bool, ...]], ...]
+
+
+@functools.lru_cache(maxsize=4096)
+def simulated_versions(num_stages: int, lanes: Lanes) -> tuple[int, ...]:
+    """Max live versions per stage as the engine's own bookkeeping (``ferretd.engine.simulate``)
+    counts them; ``lanes`` = (accumulation, omit) per active worker. Saturated arrivals, unit
+    stage costs (F=1, B=2), worst of a few arrival phasings."""
+    n = len(lanes)
+    if n == 1:
+        return tuple(
+            closed_form_versions(num_stages - j, [(lanes[0][0][j], lanes[0][1][j])]) for j in range(num_stages)
+        )
+    try:
+        from ferretd.engine.clock import OnlineProgram
+        from ferretd.engine.simulate import simulate
+    except ImportError:  # pragma: no cover - engine absent
+        return tuple(
+            closed_form_versions(num_stages - j, [(acc[j], om[j]) for acc, om in lanes]) for j in range(num_stages)
+        )
+    cost = {(s, "F"): 1.0 for s in range(num_stages)} | {(s, "B"): 2.0 for s in range(num_stages)}
+    acc = {(w, s): lanes[w][0][s] for w in range(n) for s in range(num_stages)}
+    omit = {(w, s) for w in range(n) for s in range(num_stages) if lanes[w][1][s]}
+    a_max = max(max(a) for a, _ in lanes)
+    count = 4 * n * (a_max + num_stages) + 8
+    owner = {m: m % n for m in range(count)}
+    best = [1] * num_stages
+    for spacing in SIM_SPACINGS:
+        arrivals = {m: m * spacing * 3.0 / n for m in range(count)}
+        report = simulate(OnlineProgram(num_stages, acc), cost, arrivals=arrivals, owner=owner, omit=omit)
+        best = [max(x, y) for x, y in zip(best, report.max_live_versions, strict=True)]
+    return tuple(best)
+
+
+def plan_versions(plan: Plan, *, exact: bool = True) -> tuple[int, ...]:
+    """Live weight versions per stage (shared across workers); see the module docstring."""
+    active = [plan.workers[n] for n in plan.active_workers]
+    if exact:
+        return simulated_versions(plan.num_stages, tuple((w.accumulation, w.omit) for w in active))
+    return tuple(
+        closed_form_versions(plan.num_stages - j, [(w.accumulation[j], w.omit[j]) for w in active])
+        for j in range(plan.num_stages)
+    )
+
+
+def stage_versions(plan: Plan, stage: int, *, exact: bool = True) -> int:
+    return plan_versions(plan, exact=exact)[stage]
 
 
 def worker_activation_bytes(profile: Profile, plan: Plan, worker: int, stage: int) -> int:
@@ -86,21 +159,24 @@ def worker_activation_bytes(profile: Profile, plan: Plan, worker: int, stage: in
     return inflight * acts
 
 
-def predict_memory(profile: Profile, plan: Plan, params: MemoryParams | None = None) -> MemoryBreakdown:
-    """Predicted footprint of ``plan`` (see the module docstring for the formula)."""
+def predict_memory(
+    profile: Profile, plan: Plan, params: MemoryParams | None = None, *, exact: bool = True
+) -> MemoryBreakdown:
+    """Predicted footprint of ``plan`` (module docstring); ``exact=False`` uses the closed form."""
     params = params or MemoryParams()
     if profile.num_blocks != plan.num_blocks:
         raise ValueError(f"profile has {profile.num_blocks} blocks but the plan {plan.num_blocks}")
-    active = len(plan.active_workers)
     per_stage: list[int] = []
-    versions: list[int] = []
-    totals = dict(version=0, grad=0, opt=0, comp=0, act=0)
+    versions = plan_versions(plan, exact=exact)
+    totals = dict(version=0, delta=0, grad=0, fixed=0, opt=0, comp=0, act=0)
     for j, (start, end) in enumerate(plan.stage_blocks()):
         wj = profile.stage_param_bytes(start, end)
-        v = stage_versions(plan, j)
+        v = versions[j]
         parts = dict(
             version=v * wj,
-            grad=(active if params.grad_buffer_per_worker else 1) * wj,
+            delta=(v - 1) * wj if params.keep_deltas else 0,
+            grad=sum(plan.workers[n].accumulation[j] for n in plan.active_workers) * wj,
+            fixed=int(params.fixed_copies * wj),
             opt=int(params.optimizer_factor * wj),
             comp=int(params.compensation_factor * wj),
             act=sum(worker_activation_bytes(profile, plan, n, j) for n in range(len(plan.workers))),
@@ -108,14 +184,14 @@ def predict_memory(profile: Profile, plan: Plan, params: MemoryParams | None = N
         for k, val in parts.items():
             totals[k] += val
         per_stage.append(sum(parts.values()))
-        versions.append(v)
     return MemoryBreakdown(
         total_bytes=sum(per_stage),
         version_bytes=totals["version"],
+        delta_bytes=totals["delta"],
         grad_bytes=totals["grad"],
         optimizer_bytes=totals["opt"],
         compensation_bytes=totals["comp"],
         activation_bytes=totals["act"],
         stage_bytes=tuple(per_stage),
-        versions=tuple(versions),
+        versions=versions,
     )

@@ -9,15 +9,21 @@ Role: sections 4.3-4.5 of the Ferret notes, pure (Profile in, Plan out).
   plus the single stage.
 * **Sub-problem 1, configuration.** From the fastest configuration (N = min(max_workers,
   ceil((t_f+t_b)/(b t_d))) workers, no recompute, a=1, no omission) we repeatedly apply one memory
-  step: S1 recompute on a worker, S2 raise a_{n,j} to the next value that drops a version, S3
-  omission at (n, j), S4 remove a worker; each time the one that loses the least predicted R per
-  byte saved. Decision: the path does not depend on the budget: it runs until no step saves
-  memory, and for a budget M we take the best-R configuration on it that fits. This makes
-  results cacheable across budgets and makes predicted R monotone in M by construction. Two
+  step: S1 recompute on a worker, S2 raise a_{n,j} to the next value that drops a version (by the
+  closed-form count), S3 omission at (n, j), S4 remove a worker; steps that save no bytes are
+  ignored (in the engine an accumulation window costs a gradients, so raising a can cost
+  memory); each time the one that loses the least predicted R per byte saved. Decision: the
+  path does not depend on the budget: it runs until no step saves memory, and for a budget M
+  we take the best-R configuration on it that fits. This makes results cacheable across
+  budgets and makes predicted R monotone in M by construction. Two
   paths are walked per partition and pooled: ``ordered`` (the notes' S1 -> S4 priority: a step of
   a later kind only when no earlier kind saves memory) and ``global`` (least loss per byte over
   all kinds).
-* A budget below every path's end raises :class:`BudgetTooSmall` naming the minimum in bytes and
+* Paths are walked with the closed-form version count (fast). The answer for a budget is the
+  first candidate, in a fixed order (higher R, then less memory), whose memory with versions
+  counted by the engine's own bookkeeping (``memory.simulated_versions``) fits; that is the
+  ``predicted_memory_bytes`` of the plan. A fixed order keeps R monotone in the budget.
+* A budget below every candidate raises :class:`BudgetTooSmall` naming the minimum in bytes and
   MiB. Devices: stage j on ``cuda:(j mod ngpu)`` when GPUs exist, else ``cpu``.
 """
 
@@ -30,7 +36,7 @@ from functools import cached_property
 import structlog
 
 from ferretd.engine.plan import Plan, WorkerPlan
-from ferretd.planner.memory import MemoryParams, predict_memory
+from ferretd.planner.memory import MemoryParams, plan_versions, predict_memory
 from ferretd.planner.profile import Profile
 from ferretd.planner.rate import RateParams, predict_rate
 
@@ -107,6 +113,7 @@ class PlanSearch:
         self.max_stages = max_stages
         self.num_gpus = num_gpus
         self._paths: dict[tuple[int, ...], list[Candidate]] = {}
+        self._exact: dict[str, int] = {}
 
     # ---------------------------------------------------------------- pieces
 
@@ -127,7 +134,7 @@ class PlanSearch:
         return ("cpu",) * stages
 
     def evaluate(self, plan: Plan) -> Candidate:
-        mem = predict_memory(self.profile, plan, self.memory_params).total_bytes
+        mem = predict_memory(self.profile, plan, self.memory_params, exact=False).total_bytes
         return Candidate(plan, mem, predict_rate(self.profile, plan, self.rate_params).rate)
 
     def fastest(self, partition: tuple[int, ...]) -> Plan:
@@ -152,18 +159,19 @@ class PlanSearch:
             if not w.recompute:
                 out.append((1, with_worker(n, replace(w, recompute=True))))
             for j in range(p):
-                back = p - j - 1
-                a = w.accumulation[j]
-                if back > 0 and not w.omit[j] and a < back:
-                    now = math.ceil(back / a)
-                    nxt = next(x for x in range(a + 1, back + 1) if math.ceil(back / x) < now)
+                if w.omit[j]:
+                    continue
+                before = plan_versions(plan, exact=False)[j]
+                for a in range(w.accumulation[j] + 1, p - j + 1):
                     acc = list(w.accumulation)
-                    acc[j] = nxt
-                    out.append((2, with_worker(n, replace(w, accumulation=tuple(acc)))))
-                if back > 0 and not w.omit[j]:
-                    om = list(w.omit)
-                    om[j] = True
-                    out.append((3, with_worker(n, replace(w, omit=tuple(om)))))
+                    acc[j] = a
+                    raised = with_worker(n, replace(w, accumulation=tuple(acc)))
+                    if plan_versions(raised, exact=False)[j] < before:  # the next value that drops a version
+                        out.append((2, raised))
+                        break
+                om = list(w.omit)
+                om[j] = True
+                out.append((3, with_worker(n, replace(w, omit=tuple(om)))))
         if len(active) > 1:
             # workers are interchangeable up to their knobs: try removing each distinct one
             seen: set[WorkerPlan] = set()
@@ -201,34 +209,42 @@ class PlanSearch:
     def all_candidates(self) -> list[Candidate]:
         return [c for part in self.partitions for c in self.path(part)]
 
+    def exact_bytes(self, cand: Candidate) -> int:
+        """Memory with versions counted by the engine's bookkeeping (cached per plan)."""
+        key = cand.plan.to_json()
+        if key not in self._exact:
+            self._exact[key] = predict_memory(self.profile, cand.plan, self.memory_params).total_bytes
+        return self._exact[key]
+
+    @cached_property
+    def ranked(self) -> list[Candidate]:
+        """Candidates best first: higher R, then less memory, then fewer stages (fixed order)."""
+        unique = {c.plan.to_json(): c for c in self.all_candidates()}
+        return sorted(unique.values(), key=lambda c: (-c.rate, c.memory_bytes, c.plan.num_stages, c.plan.to_json()))
+
     @cached_property
     def minimum_bytes(self) -> int:
-        return min(c.memory_bytes for c in self.all_candidates())
+        return min(self.exact_bytes(c) for c in self.ranked)
 
     # ---------------------------------------------------------------- answer
 
     def best(self, budget_bytes: int) -> Plan:
-        """The highest-R candidate within ``budget_bytes``; raises BudgetTooSmall."""
-        feasible = [c for c in self.all_candidates() if c.memory_bytes <= budget_bytes]
-        if not feasible:
+        """The first candidate in :attr:`ranked` whose exact memory fits; raises BudgetTooSmall."""
+        for cand in self.ranked:
+            memory = self.exact_bytes(cand)
+            if memory <= budget_bytes:
+                break
+        else:
             raise BudgetTooSmall(budget_bytes, self.minimum_bytes)
-        # ties: less memory, then fewer stages
-        top = max(feasible, key=lambda c: (c.rate, -c.memory_bytes, -c.plan.num_stages))
         log.info(
             "plan chosen",
-            stages=top.plan.num_stages,
-            workers=len(top.plan.active_workers),
-            memory=top.memory_bytes,
-            rate=round(top.rate, 6),
+            stages=cand.plan.num_stages,
+            workers=len(cand.plan.active_workers),
+            memory=memory,
+            rate=round(cand.rate, 6),
             budget=budget_bytes,
-            candidates=len(feasible),
         )
-        return replace(
-            top.plan,
-            predicted_memory_bytes=top.memory_bytes,
-            predicted_rate=top.rate,
-            budget_bytes=budget_bytes,
-        )
+        return replace(cand.plan, predicted_memory_bytes=memory, predicted_rate=cand.rate, budget_bytes=budget_bytes)
 
 
 def search(
