@@ -21,9 +21,21 @@ from transports.zmq_snapshots import SnapshotService
 
 def manifest_for(seq: int, data: bytes, **overrides) -> dict:
     fields = dict(
-        seq=seq, created_at=0.0, file=f"not-on-disk-{seq}.onnx", sha256=sha256_hex(data), size_bytes=len(data),
-        opset=17, input_name="x", input_shape=[64], input_dtype="float32", output_names=["logits", "probabilities"],
-        classes=10, updates=seq, samples_trained=seq, online_accuracy=None, model="mlp",
+        seq=seq,
+        created_at=0.0,
+        file=f"not-on-disk-{seq}.onnx",
+        sha256=sha256_hex(data),
+        size_bytes=len(data),
+        opset=17,
+        input_name="x",
+        input_shape=[64],
+        input_dtype="float32",
+        output_names=["logits", "probabilities"],
+        classes=10,
+        updates=seq,
+        samples_trained=seq,
+        online_accuracy=None,
+        model="mlp",
     )
     fields.update(overrides)
     return SnapshotManifest(**fields).to_dict()
