@@ -22,6 +22,7 @@ momentum (by full-model parameter name) and rebuilds stages, program and lanes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
@@ -31,7 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ferretd.compensation.base import Compensator
-from ferretd.config import TrainingConfig
+from ferretd.config import Config, TrainingConfig
 from ferretd.engine.clock import OnlineProgram, cost_function
 from ferretd.engine.core import PipelineCore
 from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner
@@ -217,6 +218,31 @@ class PipelineLearner(OnlineLearner):
             "compensator": self.compensator.stats() if self.compensator is not None else {},
             "ocl": self.ocl.stats() if self.ocl is not None else {},
         }
+
+    @classmethod
+    def from_config(cls, config: Config, plan: Plan, **kwargs: Any) -> PipelineLearner:
+        """The learner a daemon config describes, for ``plan`` (e.g. ``planner.plan_for_config``).
+
+        ``[compensation] method = "none"`` runs without a compensator (no deltas are kept);
+        ``[ocl]`` picks the OCL method; ``[pipeline] executor`` the executor.
+        """
+        from ferretd.compensation.base import make_compensator
+        from ferretd.models import build_model
+        from ferretd.ocl.base import make_ocl
+
+        comp_cfg = config.compensation
+        compensator = None
+        if comp_cfg.method != "none":
+            compensator = make_compensator(comp_cfg.method, **dataclasses.asdict(comp_cfg))
+        ocl = make_ocl(
+            config.ocl.method,
+            replay_bytes=config.ocl.replay_bytes,
+            replay_per_sample=config.ocl.replay_per_sample,
+            seed=config.training.seed,
+        )
+        model = build_model(config.model, seed=config.training.seed)
+        kwargs.setdefault("executor", config.pipeline.executor)
+        return cls(model, plan, config.training, compensator=compensator, ocl=ocl, **kwargs)
 
     def close(self) -> None:
         self.executor.close()

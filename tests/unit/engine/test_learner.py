@@ -170,3 +170,28 @@ def test_virtual_executor_is_deterministic(make_mlp, stream):
         learner.flush()
         logs.append(list(learner.core.log))
     assert logs[0] == logs[1]
+
+
+def test_from_config_builds_model_compensator_and_ocl():
+    from ferretd.config import load_config
+
+    config = load_config(
+        overrides={
+            "model": {"name": "mlp", "input_shape": [6], "hidden": [8, 8], "num_classes": 3},
+            "compensation": {"method": "fisher"},
+            "ocl": {"method": "er", "replay_bytes": 4096},
+            "pipeline": {"executor": "virtual"},
+        },
+        env={},
+    )
+    plan = Plan.uniform(3, (1, 2), workers=2)
+    learner = PipelineLearner.from_config(config, plan)
+    assert learner.executor_kind == "virtual" and learner.compensator is not None
+    assert learner.ocl is not None and learner.ocl.name == "er"
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        learner.learn_one(rng.normal(size=6).astype(np.float32), i % 3)
+    assert learner.flush()
+    assert learner.status()["compensator"]
+    none = load_config(overrides={"compensation": {"method": "none"}}, env={})
+    assert PipelineLearner.from_config(none, Plan.uniform(3)).compensator is None
