@@ -131,8 +131,11 @@ class SampleDecoder:
         array = _array_from(msg.get("dtype"), shape, msg.get("data"), max_bytes=None)
         if tuple(array.shape) != self.input_shape:
             raise Rejected(RejectReason.WRONG_SHAPE, f"shape {list(array.shape)}, expected {list(self.input_shape)}")
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is caught just below
-            features = array.astype(np.float32)
+        if array.dtype == np.float32:
+            features = array.copy()
+        else:
+            with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is caught just below
+                features = array.astype(np.float32)
         if not np.isfinite(features).all():
             raise Rejected(RejectReason.NON_FINITE, "features contain NaN or Inf")
         label = msg.get("label")
