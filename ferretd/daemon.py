@@ -34,7 +34,7 @@ from ferretd import __version__
 from ferretd.config import Config, ConfigError, load_config
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.ingest import SampleQueue
-from ferretd.learners import make_learner
+from ferretd.learners import make_learner, plan_from_config
 from ferretd.logs import RateLimitedLog, configure_logging
 from ferretd.messages import DropReason, RejectReason
 from ferretd.snapshot.exporter import SnapshotExporter
@@ -62,7 +62,8 @@ class Daemon:
         self.decoder = SampleDecoder(
             config.model.input_shape, config.model.num_classes, config.ingest.max_message_bytes
         )
-        self.learner: OnlineLearner = make_learner(config)
+        self.plan = plan_from_config(config)
+        self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)
         self.score_lock = threading.Lock()
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
@@ -74,6 +75,7 @@ class Daemon:
         self._stop_requested = False
         self._last_snapshot_updates = 0
         self._last_snapshot_time = time.monotonic()
+        self._delay_lock = threading.Lock()  # engines settle samples from their own threads
         self._delay_sum = 0.0
         self._delay_count = 0
         self.ingest: IngestServer | None = None
@@ -155,6 +157,7 @@ class Daemon:
             snapshots=cfg.snapshot.announce_endpoint,
             model=cfg.model.name,
             learner=self.learner.status().get("engine"),
+            plan=self.plan.to_dict(),
         )
         self.notifier.ready(status_line(self))
 
@@ -211,8 +214,10 @@ class Daemon:
     def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
         self.queue.settle(outcome.trained, outcome.reason or DropReason.ENGINE.value)
         if outcome.trained and received_at:
-            self._delay_sum += time.monotonic() - received_at
-            self._delay_count += 1
+            delay = time.monotonic() - received_at
+            with self._delay_lock:
+                self._delay_sum += delay
+                self._delay_count += 1
 
     # ------------------------------------------------------------------ snapshots
 
@@ -292,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferretd", description="Edge streaming learner daemon (Ferret method).")
     parser.add_argument("--config", help="TOML config file; embedded defaults without it")
     parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
+    parser.add_argument("--plan-only", action="store_true", help="print the plan for the config and exit")
+    parser.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
     parser.add_argument("--version", action="version", version=f"ferretd {__version__}")
     args = parser.parse_args(argv)
     try:
@@ -302,10 +309,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.check_config:
         sys.stdout.write(f"config ok: {args.config or '(embedded defaults)'}\n")
         return EXIT_OK
+    if args.plan_only:
+        configure_logging("warning")
+        try:
+            plan = plan_from_config(config)
+        except (ConfigError, ValueError) as exc:
+            sys.stderr.write(f"ferretd: {exc}\n")
+            return EXIT_CONFIG
+        sys.stdout.write((plan.to_json() if args.json else plan.describe()) + "\n")
+        return EXIT_OK
     configure_logging(config.daemon.log_level)
     os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
     try:
         daemon = Daemon(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"ferretd: {exc}\n")
+        return EXIT_CONFIG
+    except ValueError as exc:  # e.g. the planner: budget below the smallest feasible plan
+        log.error("startup_failed", error=str(exc))
+        sys.stderr.write(f"ferretd: {exc}\n")
+        return EXIT_CONFIG
+    try:
         daemon.install_signal_handlers()
         return daemon.run()
     except zmq.ZMQError as exc:

@@ -1,17 +1,65 @@
-"""Chooses the learner for a config: the sequential SGD learner for one stage and one worker,
-the Ferret pipeline engine otherwise."""
+"""Turns a config into a plan and a learner.
+
+``[pipeline] plan = "manual"`` builds the plan from the ``[pipeline]`` keys (P stages cut evenly
+unless ``partition`` is given, N workers, the knobs); ``"auto"`` asks the planner for the plan
+that maximises the predicted adaptation rate within the memory headroom. One stage, one worker
+and no OCL method run on the plain sequential SGD learner (bitwise the same math, no threads);
+anything else runs on the Ferret pipeline engine.
+"""
 
 from __future__ import annotations
 
-from ferretd.config import Config
+from ferretd.config import Config, ConfigError
 from ferretd.engine.learner import OnlineLearner
+from ferretd.engine.plan import Plan
 from ferretd.engine.sequential import SequentialLearner
 from ferretd.models import build_model
 
 
-def make_learner(config: Config) -> OnlineLearner:
-    model = build_model(config.model, seed=config.training.seed)
+def default_devices(stages: int) -> tuple[str, ...]:
+    """Stage j on cuda:(j mod GPUs) when GPUs exist, else everything on the CPU."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+        count = torch.cuda.device_count()
+        return tuple(f"cuda:{j % count}" for j in range(stages))
+    return ("cpu",) * stages
+
+
+def plan_from_config(config: Config) -> Plan:
     pipeline = config.pipeline
-    if pipeline.plan == "manual" and pipeline.stages == 1 and pipeline.workers == 1:
-        return SequentialLearner(model, config.training)
-    raise NotImplementedError("the pipeline engine is not wired into the daemon yet; use stages = 1, workers = 1")
+    if pipeline.plan == "auto":
+        from ferretd.planner import plan_for_config
+
+        return plan_for_config(config)
+    num_blocks = len(build_model(config.model, seed=config.training.seed))
+    if pipeline.stages > num_blocks:
+        raise ConfigError(f"[pipeline] stages: the model has {num_blocks} blocks, cannot cut {pipeline.stages} stages")
+    if any(j >= pipeline.stages for j in pipeline.omit_stages):
+        raise ConfigError(f"[pipeline] omit_stages: stage indices must be < stages ({pipeline.stages})")
+    partition = tuple(pipeline.partition) or Plan.even_partition(num_blocks, pipeline.stages)
+    try:
+        return Plan.uniform(
+            num_blocks,
+            partition,
+            pipeline.workers,
+            recompute=pipeline.recompute,
+            accumulation=pipeline.accumulation,
+            omit_stages=tuple(pipeline.omit_stages),
+            devices=default_devices(pipeline.stages),
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[pipeline] partition: {exc}") from None
+
+
+def is_sequential(plan: Plan, config: Config) -> bool:
+    return plan.num_stages == 1 and len(plan.active_workers) == 1 and config.ocl.method == "vanilla"
+
+
+def make_learner(config: Config, plan: Plan | None = None) -> OnlineLearner:
+    plan = plan or plan_from_config(config)
+    if is_sequential(plan, config):
+        return SequentialLearner(build_model(config.model, seed=config.training.seed), config.training)
+    from ferretd.engine.pipeline import PipelineLearner
+
+    return PipelineLearner.from_config(config, plan)
