@@ -4,23 +4,26 @@ Role: section 4 of the Ferret notes, as plain functions of :class:`~ferretd.plan
 and :class:`~ferretd.engine.plan.Plan` (no torch needed). The search uses it to decide whether a
 plan fits the budget; ``tools/bench/bench_planner.py`` checks it against measurement.
 
-Model, for stage j with parameter bytes |w_j|, P stages, active workers n (validated against the
-engine's version bookkeeping, ``ferretd.engine.simulate``, for P <= 4, N <= 3, a <= 3, omission):
+Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
 
 * **Weight versions are shared by all workers** (section 2: all workers update the same model;
   the engine keeps per-stage immutable versions, refcounted by the in-flight microbatches that
-  pinned them, from forward until the update that applies their gradient). A pin lives across
-  the worker's own ``P-j-1`` later backwards plus its accumulation window. With one worker the
-  live versions are the notes' ``1 + ceil((P-j-1)/a)``. Every *other* pinning worker's updates
-  interleave with it, and each such worker holds ``ceil((P-j)/a_m)`` distinct versions (its
-  window includes its own in-flight update), so in the worst case (saturated workers)
+  pinned them, from forward until the update that applies their gradient). With one worker the
+  live versions are the notes' ``1 + ceil((P-j-1)/a)``. With several, the count depends on how
+  their updates interleave, i.e. on the arrival phasing, so we keep two counts:
 
-      versions_j = 1 + sum_{m pinning} ceil((P-j)/a_{m,j}) - min_{m pinning} delta_m
-      delta_m    = ceil((P-j)/a_{m,j}) - ceil((P-j-1)/a_{m,j})         (0 or 1)
+  - the **bound** (:func:`plan_versions`), used against the budget: the engine's own
+    bookkeeping (``ferretd.engine.simulate``) replayed over saturated streams at several arrival
+    phasings, worst case per stage. Its closed form (exact for one worker and for identical
+    non-omitting workers, e.g. ``N (P-j)`` at a = 1) steers the search:
+    ``1 + sum_m ceil((P-j)/a_m) - min_m [ceil((P-j)/a_m) - ceil((P-j-1)/a_m)]`` over pinning
+    workers, plus one when some worker omits (it pins from backward to update) and N >= 2;
+  - the **expected** count (:func:`expected_versions`): the same bookkeeping replayed with the
+    learner's routing (sample i to worker i mod N), the profiled stage costs and the planned
+    arrival interval. It is what the virtual clock shows; the bench compares it to measurement.
 
-  A worker that omits at j (T3) keeps no pin across the pipeline; it only pins the current
-  version from its backward to its update. That adds one version when another active worker can
-  publish in between (>= 2 active workers), else nothing. Not pinning, it is excluded from the sum.
+  Decision: the budget is a hard cap (systemd kills at ``MemoryMax=``) and real-time lanes drift
+  in phase, so plans are checked against the bound; the expected footprint is reported beside it.
 * Deltas: with a compensator the engine keeps ``theta^{k+1} - theta^k`` from the oldest pinned
   version on: ``(versions_j - 1) |w_j|`` (``keep_deltas``).
 * Gradients: the engine keeps a worker's whole accumulation window (one gradient per microbatch,
@@ -31,8 +34,12 @@ engine's version bookkeeping, ``ferretd.engine.simulate``, for P <= 4, N <= 3, a
   gap-aware: 1).
 * Activations per worker and stage, with ``inflight = P - j`` microbatches and ``A_j`` the
   saved bytes of one microbatch through the stage (boundary tensors shared within a stage counted
-  once): ``inflight * A_j`` without recompute; ``inflight * |input_j| + A_j`` with recompute (the
-  stage inputs of every in-flight microbatch plus one re-materialised graph).
+  once): ``inflight * A_j`` without recompute; ``inflight * |input_j|`` with recompute (the stage
+  inputs of every in-flight microbatch), plus one re-materialised graph ``A_j`` per stage where
+  some worker recomputes (it lives only during that backward; the virtual clock runs one action
+  at a time, real-time lanes of one stage rarely overlap their backwards). Without recompute
+  a stage's saved input is the previous stage's saved output (the engine passes it on detached,
+  same storage), so it is counted upstream only.
 """
 
 from __future__ import annotations
@@ -132,7 +139,8 @@ def simulated_versions(num_stages: int, lanes: Lanes) -> tuple[int, ...]:
 
 
 def plan_versions(plan: Plan, *, exact: bool = True) -> tuple[int, ...]:
-    """Live weight versions per stage (shared across workers); see the module docstring."""
+    """Live weight versions per stage, worst case over arrival phasings (``exact``: counted by
+    the engine's bookkeeping; else the closed form)."""
     active = [plan.workers[n] for n in plan.active_workers]
     if exact:
         return simulated_versions(plan.num_stages, tuple((w.accumulation, w.omit) for w in active))
@@ -146,6 +154,41 @@ def stage_versions(plan: Plan, stage: int, *, exact: bool = True) -> int:
     return plan_versions(plan, exact=exact)[stage]
 
 
+def expected_versions(profile: Profile, plan: Plan, arrival_interval_s: float) -> tuple[int, ...]:
+    """Max live versions per stage when the engine runs ``plan`` on a stream with one sample every
+    ``arrival_interval_s``: the learner's routing (sample i -> active worker i mod N, a microbatch
+    enters when its last sample arrives), profiled stage costs (recompute adds a forward), replayed
+    by the engine's bookkeeping. What the virtual clock will show; real time may drift towards
+    :func:`plan_versions`."""
+    from ferretd.engine.clock import OnlineProgram, cost_function
+    from ferretd.engine.simulate import simulate
+
+    active = plan.active_workers
+    p, b = plan.num_stages, profile.microbatch
+    table = {}
+    for j, (start, end) in enumerate(plan.stage_blocks()):
+        table[(j, "F")] = profile.stage_forward_s(start, end)
+        table[(j, "B")] = profile.stage_backward_s(start, end)
+        table[(j, "U")] = 0.0
+    cost = cost_function(table, recompute_workers=[k for k, n in enumerate(active) if plan.workers[n].recompute])
+    a_max = max(max(plan.workers[n].accumulation) for n in active)
+    per_worker = 4 * (p + a_max) + 4
+    arrivals: dict[int, float] = {}
+    owner: dict[int, int] = {}
+    filled = [0] * len(active)
+    for i in range(per_worker * b * len(active)):
+        k = i % len(active)
+        filled[k] += 1
+        if filled[k] == b:
+            filled[k] = 0
+            m = len(arrivals)
+            arrivals[m], owner[m] = i * arrival_interval_s, k
+    acc = {(k, j): plan.workers[n].accumulation[j] for k, n in enumerate(active) for j in range(p)}
+    omit = {(k, j) for k, n in enumerate(active) for j in range(p) if plan.workers[n].omit[j]}
+    report = simulate(OnlineProgram(p, acc), cost, arrivals=arrivals, owner=owner, omit=omit)
+    return tuple(report.max_live_versions)
+
+
 def worker_activation_bytes(profile: Profile, plan: Plan, worker: int, stage: int) -> int:
     """Activation bytes held by one worker at one stage."""
     start, end = plan.stage_blocks()[stage]
@@ -154,20 +197,32 @@ def worker_activation_bytes(profile: Profile, plan: Plan, worker: int, stage: in
         return 0
     inflight = plan.num_stages - stage
     acts = profile.stage_activation_bytes(start, end)
-    if w.recompute:
-        return inflight * profile.stage_input_bytes(start) + acts
+    if w.recompute:  # the re-materialised graph is counted once per stage, in predict_memory
+        return inflight * profile.stage_input_bytes(start)
+    if start > 0 and profile.blocks[start - 1].saves_output and profile.blocks[start].saves_input:
+        # the stage input is the previous stage's saved output (same storage), and every
+        # microbatch in flight here is still in flight upstream: count it there only
+        acts -= profile.stage_input_bytes(start)
     return inflight * acts
 
 
 def predict_memory(
-    profile: Profile, plan: Plan, params: MemoryParams | None = None, *, exact: bool = True
+    profile: Profile,
+    plan: Plan,
+    params: MemoryParams | None = None,
+    *,
+    exact: bool = True,
+    versions: Sequence[int] | None = None,
 ) -> MemoryBreakdown:
-    """Predicted footprint of ``plan`` (module docstring); ``exact=False`` uses the closed form."""
+    """Predicted footprint of ``plan`` (module docstring). Versions: ``versions`` when given
+    (e.g. :func:`expected_versions`), else the worst-case bound :func:`plan_versions`
+    (``exact=False``: its closed form)."""
     params = params or MemoryParams()
     if profile.num_blocks != plan.num_blocks:
         raise ValueError(f"profile has {profile.num_blocks} blocks but the plan {plan.num_blocks}")
     per_stage: list[int] = []
-    versions = plan_versions(plan, exact=exact)
+    active = plan.active_workers
+    versions = tuple(versions) if versions is not None else plan_versions(plan, exact=exact)
     totals = dict(version=0, delta=0, grad=0, fixed=0, opt=0, comp=0, act=0)
     for j, (start, end) in enumerate(plan.stage_blocks()):
         wj = profile.stage_param_bytes(start, end)
@@ -179,7 +234,8 @@ def predict_memory(
             fixed=int(params.fixed_copies * wj),
             opt=int(params.optimizer_factor * wj),
             comp=int(params.compensation_factor * wj),
-            act=sum(worker_activation_bytes(profile, plan, n, j) for n in range(len(plan.workers))),
+            act=sum(worker_activation_bytes(profile, plan, n, j) for n in range(len(plan.workers)))
+            + (profile.stage_activation_bytes(start, end) if any(plan.workers[n].recompute for n in active) else 0),
         )
         for k, val in parts.items():
             totals[k] += val

@@ -22,7 +22,8 @@ Role: sections 4.3-4.5 of the Ferret notes, pure (Profile in, Plan out).
 * Paths are walked with the closed-form version count (fast). The answer for a budget is the
   first candidate, in a fixed order (higher R, then less memory), whose memory with versions
   counted by the engine's own bookkeeping (``memory.simulated_versions``) fits; that is the
-  ``predicted_memory_bytes`` of the plan. A fixed order keeps R monotone in the budget.
+  ``predicted_memory_bytes`` of the plan (a bound); ``extra["expected_memory_bytes"]`` is the
+  footprint expected at the planned arrival interval. A fixed order keeps R monotone in the budget.
 * A budget below every candidate raises :class:`BudgetTooSmall` naming the minimum in bytes and
   MiB. Devices: stage j on ``cuda:(j mod ngpu)`` when GPUs exist, else ``cpu``.
 """
@@ -36,7 +37,7 @@ from functools import cached_property
 import structlog
 
 from ferretd.engine.plan import Plan, WorkerPlan
-from ferretd.planner.memory import MemoryParams, plan_versions, predict_memory
+from ferretd.planner.memory import MemoryParams, expected_versions, plan_versions, predict_memory
 from ferretd.planner.profile import Profile
 from ferretd.planner.rate import RateParams, predict_rate
 
@@ -244,7 +245,19 @@ class PlanSearch:
             rate=round(cand.rate, 6),
             budget=budget_bytes,
         )
-        return replace(cand.plan, predicted_memory_bytes=memory, predicted_rate=cand.rate, budget_bytes=budget_bytes)
+        expected = predict_memory(
+            self.profile,
+            cand.plan,
+            self.memory_params,
+            versions=expected_versions(self.profile, cand.plan, self.rate_params.arrival_interval_s),
+        ).total_bytes
+        return replace(
+            cand.plan,
+            predicted_memory_bytes=memory,
+            predicted_rate=cand.rate,
+            budget_bytes=budget_bytes,
+            extra={**cand.plan.extra, "expected_memory_bytes": expected},
+        )
 
 
 def search(

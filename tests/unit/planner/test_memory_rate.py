@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from ferretd.engine.plan import Plan
-from ferretd.planner.memory import MemoryParams, plan_versions, predict_memory, stage_versions
+from ferretd.planner.memory import MemoryParams, expected_versions, plan_versions, predict_memory, stage_versions
 from ferretd.planner.rate import RateParams, predict_rate
 
 
@@ -126,3 +126,25 @@ def test_omission_is_free_when_the_pipeline_is_idle(six_block_profile) -> None:
 def test_rate_params_validation() -> None:
     with pytest.raises(ValueError, match="arrival_interval_s"):
         RateParams(arrival_interval_s=0.0)
+
+
+def test_stage_input_shared_with_upstream_output(make_profile) -> None:
+    prof = make_profile([0.001] * 2, act_bytes=[1000, 1000])
+    chained = replace(prof, blocks=(replace(prof.blocks[0], saves_output=True), prof.blocks[1]))
+    plan = Plan.uniform(2, (1,), 1)
+    # stage 1's saved input (256 bytes) is stage 0's saved output: counted upstream only
+    assert predict_memory(chained, plan).activation_bytes == predict_memory(prof, plan).activation_bytes - 256
+    rec = Plan.uniform(2, (1,), 1, recompute=True)
+    assert predict_memory(chained, rec).activation_bytes == predict_memory(prof, rec).activation_bytes
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_expected_versions_within_bound(six_block_profile, workers: int) -> None:
+    for t_d in (0.0005, 0.002, 0.05):
+        plan = Plan.uniform(6, (1, 2, 4), workers)
+        expected = expected_versions(six_block_profile, plan, t_d)
+        bound = plan_versions(plan)
+        assert all(1 <= e <= b for e, b in zip(expected, bound, strict=True))
+        if workers == 1 and t_d == 0.0005:  # saturated single worker: the notes' formula
+            assert expected == bound == (4, 3, 2, 1)
+    assert expected == (1, 1, 1, 1)  # a slow stream never overlaps microbatches

@@ -59,6 +59,7 @@ def test_budget_sweep_fits_and_rate_is_monotone(six_block_profile, t_d: float, m
         assert predict_memory(six_block_profile, plan, memory).total_bytes == plan.predicted_memory_bytes
         assert plan.num_stages <= 4
         assert Plan.from_json(plan.to_json()) == plan
+        assert plan.extra["expected_memory_bytes"] <= plan.predicted_memory_bytes
     assert all(b >= a for a, b in itertools.pairwise(rates))
     assert rates[-1] > rates[0]  # more memory buys rate on this profile
 
