@@ -215,20 +215,25 @@ class PipelineCore:
         ctx = mb.ctx.pop(s)
         grad_out = None if st.runner.last else mb.grads.pop(s + 1)
         skip = not st.runner.last and grad_out is None
-        if not skip and ctx.version is None:  # omitted lane: compute only at the forwarded version
-            with st.store.lock:
+        # The decision (and the log entry) happens under the store lock, so a replay in log order
+        # sees exactly the versions this backward saw.
+        with st.store.lock:
+            if not skip and ctx.version is None:  # omitted lane: compute only at the forwarded version
                 st.omitted_ctx.discard(ctx)
                 ctx.version = None if ctx.stale else st.store.pin_if_current(ctx.version_number)
-            skip = ctx.version is None
+                skip = ctx.version is None
+                if skip:
+                    self.skipped_backwards += 1
+            entry = self._log(LogEntry(a, (ctx.version_number,), -1, skipped=skip))
             if skip:
-                self.skipped_backwards += 1
+                st.omitted_ctx.discard(ctx)
+                if ctx.version is not None:
+                    st.store.unpin(ctx.version)
         if skip:
-            if ctx.version is not None:
-                st.store.unpin(ctx.version)
             ctx.release()
             mb.grads[s] = None
             self._skipped(m, mb, s)
-            return self._log(LogEntry(a, (ctx.version_number,), -1, skipped=True))
+            return entry
         assert ctx.version is not None
         loss_fn = self._loss_fn(mb.y) if st.runner.last else None
         grads, grad_in = st.runner.backward(ctx, ctx.version.tensors, grad_out, loss_fn)
@@ -242,7 +247,7 @@ class PipelineCore:
             if s == 0:
                 mb.terminal = 0
                 mb.backward_done = True
-        return self._log(LogEntry(a, (ctx.version_number,), -1))
+        return entry
 
     def _skipped(self, m: int, mb: _Micro, s: int) -> None:
         fire: list[tuple[list[DoneCallback | None], LearnOutcome]] = []
@@ -331,17 +336,22 @@ class PipelineCore:
 
     def full_state(self) -> dict[str, Tensor]:
         """Current weights under the full model's parameter names (on the CPU)."""
-        state: dict[str, Tensor] = {}
-        for names, tensors in zip(self.param_names, self.current_tensors(), strict=True):
-            state.update({n: t.detach().cpu().clone() for n, t in zip(names, tensors, strict=True)})
-        return state
+        return self.snapshot()[0]
 
     def momentum_state(self) -> dict[str, Tensor]:
-        state: dict[str, Tensor] = {}
+        return self.snapshot()[1]
+
+    def snapshot(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """Weights and momentum of every stage's current version, each stage read under its writer lock."""
+        weights: dict[str, Tensor] = {}
+        momentum: dict[str, Tensor] = {}
         for names, st in zip(self.param_names, self.stages, strict=True):
-            pairs = zip(names, st.momentum, strict=True)
-            state.update({n: b.detach().cpu().clone() for n, b in pairs if b is not None})
-        return state
+            with st.writer_lock:
+                tensors = st.store.current.tensors
+                weights.update({n: t.detach().cpu().clone() for n, t in zip(names, tensors, strict=True)})
+                pairs = zip(names, st.momentum, strict=True)
+                momentum.update({n: b.detach().cpu().clone() for n, b in pairs if b is not None})
+        return weights, momentum
 
     def load_state(self, weights: dict[str, Tensor], momentum: dict[str, Tensor]) -> None:
         for names, st in zip(self.param_names, self.stages, strict=True):

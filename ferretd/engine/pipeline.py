@@ -166,10 +166,11 @@ class PipelineLearner(OnlineLearner):
         return module.eval()
 
     def state_dict(self) -> dict[str, Any]:
+        weights, momentum = self.core.snapshot()
         return {
             "kind": "pipeline",
-            "model": self.core.full_state(),
-            "momentum": self.core.momentum_state(),
+            "model": weights,
+            "momentum": momentum,
             "compensator": self.compensator.state_dict() if self.compensator is not None else {},
             "ocl": self.ocl.state_dict() if self.ocl is not None else {},
             "updates": [st.updates for st in self.core.stages],
@@ -193,7 +194,7 @@ class PipelineLearner(OnlineLearner):
         if not self.flush(timeout):
             return False
         updates = max(st.updates for st in self.core.stages)
-        weights, momentum = self.core.full_state(), self.core.momentum_state()
+        weights, momentum = self.core.snapshot()
         self.executor.close()
         self._build(plan, weights, momentum)
         for st in self.core.stages:

@@ -7,13 +7,18 @@ version, so a forward, a recompute (T1) and a backward all see exactly the stash
 
 Parameter gradients come from ``torch.autograd.grad`` on per-call leaf views of the version
 tensors (``detach().requires_grad_()`` shares storage, copies nothing); nothing ever touches a
-shared ``.grad``, so lanes of different workers can run the same stage concurrently. Buffers
+shared ``.grad``, so lanes of different workers can run the same stage concurrently. Because
+``functional_call`` temporarily swaps tensors into the module it is given, the template lives on
+the ``meta`` device and every thread calls its own copy (found by measurement: a shared
+template let two lanes compute with each other's weights). Buffers
 (e.g. BatchNorm statistics) are not versioned: the built-in models have none; a user model's
 buffers are read from the template module as they are.
 """
 
 from __future__ import annotations
 
+import copy
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -49,18 +54,32 @@ class StageRunner:
 
     def __init__(self, index: int, module: nn.Module, device: torch.device, *, last: bool) -> None:
         self.index = index
-        self.module = module.to(device)
+        module = module.to(device)
         self.device = device
         self.last = last
-        self.names = [n for n, _ in self.module.named_parameters()]
-        self.buffers = dict(self.module.named_buffers())
+        self.names = [n for n, _ in module.named_parameters()]
+        self.buffers = dict(module.named_buffers())
+        self._initial = tuple(p.detach().clone() for _, p in module.named_parameters())
+        # The template holds no weights (every call passes a version's tensors). functional_call
+        # swaps tensors into the module it is given, so each thread gets its own copy.
+        self.module = module.to("meta")
+        self._local = threading.local()
 
     def initial_tensors(self) -> tuple[Tensor, ...]:
-        return tuple(p.detach().clone() for _, p in self.module.named_parameters())
+        """The module's weights at construction (handed over once, to the version store)."""
+        tensors, self._initial = self._initial, ()
+        return tensors
+
+    def _template(self) -> nn.Module:
+        module = getattr(self._local, "module", None)
+        if module is None:
+            module = copy.deepcopy(self.module)
+            self._local.module = module
+        return module
 
     def _call(self, tensors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         params = dict(zip(self.names, tensors, strict=True))
-        return functional_call(self.module, {**params, **self.buffers}, (x,))
+        return functional_call(self._template(), {**params, **self.buffers}, (x,))
 
     def predict(self, tensors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         with torch.no_grad():
