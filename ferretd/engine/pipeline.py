@@ -16,7 +16,8 @@ Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs
 the setting is process-wide).
 
 ``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights and
-momentum (by full-model parameter name) and rebuilds stages, program and lanes.
+momentum (by full-model parameter name) and rebuilds stages, program and lanes. When the
+partition changes, the compensator's per-stage state is reset (its tensors no longer match).
 """
 
 from __future__ import annotations
@@ -196,6 +197,9 @@ class PipelineLearner(OnlineLearner):
         updates = max(st.updates for st in self.core.stages)
         weights, momentum = self.core.snapshot()
         self.executor.close()
+        if self.compensator is not None and plan.partition != self.plan.partition:
+            # per-stage statistics (EMAs, fitted lambdas) describe the old stages' tensors
+            self.compensator.load_state_dict({"method": self.compensator.name})
         self._build(plan, weights, momentum)
         for st in self.core.stages:
             st.updates = updates

@@ -195,3 +195,17 @@ def test_from_config_builds_model_compensator_and_ocl():
     assert learner.status()["compensator"]
     none = load_config(overrides={"compensation": {"method": "none"}}, env={})
     assert PipelineLearner.from_config(none, Plan.uniform(3)).compensator is None
+
+
+@pytest.mark.parametrize("method", ["iter_fisher", "gap_aware"])
+def test_apply_plan_with_a_stateful_compensator(make_mlp, stream, method):
+    from ferretd.compensation.base import make_compensator
+
+    x, y = stream(24)
+    comp = make_compensator(method)
+    learner = PipelineLearner(make_mlp(), Plan.uniform(3, (1,), workers=2), TR, compensator=comp, executor="virtual")
+    _feed(learner, x[:12], y[:12])
+    learner.apply_plan(Plan.uniform(3, (2,), workers=2))
+    _feed(learner, x[12:], y[12:])
+    assert learner.flush()
+    assert all(torch.isfinite(v).all() for v in learner.core.full_state().values())

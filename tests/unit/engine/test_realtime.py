@@ -52,6 +52,7 @@ def test_twenty_jittered_realtime_runs_each_equal_their_replay(make_mlp, stream)
         outcomes = []
         for xi, yi in zip(x, y, strict=True):
             learner.learn_one(xi, int(yi), outcomes.append)
+            assert learner.predict_one(xi).shape == (3,)  # reads current versions while lanes train
         assert learner.flush(timeout=30), f"run {run} did not drain"
         learner.close()
         assert len(outcomes) == len(x)
