@@ -22,10 +22,24 @@ def memory_report() -> dict[str, Any]:
     }
 
 
+def plain(value: Any) -> Any:
+    """JSON/msgpack-safe copy: string keys, builtin numbers (numpy and torch scalars converted)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    if isinstance(value, bool | int | float | str) or value is None:
+        return value
+    item = getattr(value, "item", None)
+    if callable(item):
+        return item()
+    return str(value)
+
+
 def build_status(daemon: Daemon) -> dict[str, Any]:
     ledger = daemon.queue.snapshot()
     latest = daemon.store.latest()
-    return {
+    return plain({
         "version": __version__,
         "pid": os.getpid(),
         "state": daemon.state,
@@ -46,7 +60,8 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         },
         "memory": memory_report(),
         "engine": daemon.learner.status(),
-    }
+        "plan": daemon.plan.to_dict(),
+    })
 
 
 def status_line(daemon: Daemon) -> str:

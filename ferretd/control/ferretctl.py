@@ -63,11 +63,36 @@ def render_status(status: dict[str, Any]) -> str:
     ]
     if m.get("headroom_bytes") is not None:
         rows.append(("memory headroom", f"{_mib(m['headroom_bytes'])} (bound by {m.get('headroom_source', '?')})"))
-    engine = status.get("engine") or {}
-    if engine:
-        rows.append(("engine", ", ".join(f"{k}={v}" for k, v in engine.items() if not isinstance(v, dict | list))))
+    rows += engine_rows(status.get("engine") or {})
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def engine_rows(engine: dict[str, Any]) -> list[tuple[str, str]]:
+    """Engine summary plus one row per pipeline stage (staleness, versions, compensation)."""
+    if not engine:
+        return []
+    scalars = ", ".join(f"{k}={v}" for k, v in engine.items() if not isinstance(v, dict | list))
+    rows = [("engine", scalars)]
+    compensator = engine.get("compensator") or {}
+    for stage in engine.get("stage") or []:
+        j = stage.get("stage")
+        comp = compensator.get(str(j)) or {}
+        text = (
+            f"staleness max {stage.get('max_staleness')} mean {_fmt(stage.get('mean_staleness'))}, "
+            f"live versions {stage.get('live_versions')} (peak {stage.get('max_live_versions')}), "
+            f"{stage.get('updates')} updates on {stage.get('device')}"
+        )
+        if comp:
+            text += (
+                f"; lambda {_fmt(comp.get('lambda'))}, compensated {comp.get('compensated')}, "
+                f"fallbacks {comp.get('fallbacks')}"
+            )
+        rows.append((f"  stage {j}", text))
+    lanes = engine.get("lane_utilisation") or {}
+    if lanes:
+        rows.append(("  lane utilisation", ", ".join(f"{k} {v:.0%}" for k, v in sorted(lanes.items()))))
+    return rows
 
 
 def render_generic(result: dict[str, Any]) -> str:
