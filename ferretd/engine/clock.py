@@ -229,7 +229,7 @@ class VirtualClock:
                     self.busy[lane] += cost
                     if action.kind == "B" and action.stage == 0:
                         self._forget(action.microbatch)
-                    else:
+                    elif action.kind != "U":  # nothing waits on an update
                         self.done[key(action)] = end
                     if self.keep_events:
                         self.events.append((action, self.now, end))

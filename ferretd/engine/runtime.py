@@ -154,7 +154,7 @@ class RealtimeExecutor:
                     self.done.difference_update(
                         {(k, s, m) for k in ("A", "F", "B") for s in range(self.program.num_stages)}
                     )
-                else:
+                elif action.kind != "U":  # nothing waits on an update
                     self.done.add(key(action))
                 self.cond.notify_all()
 

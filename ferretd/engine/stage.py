@@ -1,16 +1,18 @@
 """How one microbatch runs through one stage: forward, recompute and backward on a pinned version.
 
 Role: the math of a stage, free of scheduling and threads. The stage's ``nn.Module`` is only a
-template: every call goes through ``torch.func.functional_call`` with the tensors of an explicit
-version, so a forward, a recompute (T1) and a backward all see exactly the stashed weights.
+template: every call binds the tensors of an explicit version as its parameters (what
+``torch.func.functional_call`` does), so a forward, a recompute (T1) and a backward all see
+exactly the stashed weights.
 (``torch.utils.checkpoint`` would silently recompute with whatever the module holds now.)
 
 Parameter gradients come from ``torch.autograd.grad`` on per-call leaf views of the version
 tensors (``detach().requires_grad_()`` shares storage, copies nothing); nothing ever touches a
-shared ``.grad``, so lanes of different workers can run the same stage concurrently. Because
-``functional_call`` temporarily swaps tensors into the module it is given, the template lives on
-the ``meta`` device and every thread calls its own copy (found by measurement: a shared
-template let two lanes compute with each other's weights). Buffers
+shared ``.grad``, so lanes of different workers can run the same stage concurrently. Binding
+tensors into a module is not thread-safe, so the template lives on the ``meta`` device and every
+thread binds into its own copy (found by the jittered replay test: with one shared template,
+``functional_call`` let two lanes compute with each other's weights). Slots are cleared after
+each call so a private copy never keeps a version alive. Buffers
 (e.g. BatchNorm statistics) are not versioned: the built-in models have none; a user model's
 buffers are read from the template module as they are.
 """
@@ -24,7 +26,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
 from ferretd.engine.versions import Version
 
@@ -70,16 +71,36 @@ class StageRunner:
         tensors, self._initial = self._initial, ()
         return tensors
 
-    def _template(self) -> nn.Module:
-        module = getattr(self._local, "module", None)
-        if module is None:
+    def _bound(self) -> tuple[nn.Module, list[tuple[nn.Module, str]]]:
+        """This thread's private copy of the template and its parameter slots."""
+        local = self._local
+        if getattr(local, "module", None) is None:
             module = copy.deepcopy(self.module)
-            self._local.module = module
-        return module
+            for name, buf in self.buffers.items():
+                owner, _, attr = name.rpartition(".")
+                module.get_submodule(owner)._buffers[attr] = buf
+            slots = []
+            for name in self.names:
+                owner, _, attr = name.rpartition(".")
+                slots.append((module.get_submodule(owner), attr))
+            local.module, local.slots = module, slots
+        return local.module, local.slots
 
     def _call(self, tensors: tuple[Tensor, ...], x: Tensor) -> Tensor:
-        params = dict(zip(self.names, tensors, strict=True))
-        return functional_call(self._template(), {**params, **self.buffers}, (x,))
+        """``module(x)`` with exactly ``tensors`` as its parameters.
+
+        Equivalent to ``torch.func.functional_call(module, params, x)``; because the module is
+        private to this thread, the tensors are bound directly into its parameter slots (no swap
+        and restore), which saves ~0.1 ms of Python per call on small models.
+        """
+        module, slots = self._bound()
+        for (owner, attr), t in zip(slots, tensors, strict=True):
+            owner._parameters[attr] = t  # type: ignore[assignment]
+        try:
+            return module(x)
+        finally:
+            for owner, attr in slots:
+                owner._parameters[attr] = None
 
     def predict(self, tensors: tuple[Tensor, ...], x: Tensor) -> Tensor:
         with torch.no_grad():
