@@ -37,6 +37,7 @@ from ferretd.ingest import SampleQueue
 from ferretd.learners import make_learner, plan_from_config
 from ferretd.logs import RateLimitedLog, configure_logging
 from ferretd.messages import DropReason, RejectReason
+from ferretd.replan import Replanner
 from ferretd.snapshot.exporter import SnapshotExporter
 from ferretd.snapshot.store import SnapshotStore
 from ferretd.status import build_status, status_line
@@ -62,7 +63,8 @@ class Daemon:
         self.decoder = SampleDecoder(
             config.model.input_shape, config.model.num_classes, config.ingest.max_message_bytes
         )
-        self.plan = plan_from_config(config)
+        self.replanner = Replanner(config)
+        self.plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
         self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)
         self.score_lock = threading.Lock()
@@ -175,6 +177,8 @@ class Daemon:
                 for sample in self.queue.take(self.config.training.microbatch, timeout=0.05):
                     self._process(sample)
                 self._maybe_snapshot()
+                if self.replanner.due():
+                    self.replan(reason="headroom")
                 if self.notifier.maybe_ping():
                     self.notifier.status(status_line(self))
             return self.shutdown()
@@ -218,6 +222,37 @@ class Daemon:
             with self._delay_lock:
                 self._delay_sum += delay
                 self._delay_count += 1
+
+    # ------------------------------------------------------------------ planning (loop thread)
+
+    def replan(self, *, force: bool = False, reason: str = "headroom") -> dict[str, Any]:
+        """Check the budget and apply a new plan at a safe point if the planner finds one."""
+        try:
+            new = self.replanner.check(self.plan, force=force, reason=reason)
+        except ValueError as exc:  # manual plan, or budget below the smallest feasible plan
+            if force:
+                raise
+            self.bad_input.warning("replan_failed", "replan_failed", error=str(exc))
+            return {"changed": False, "error": str(exc)}
+        if new is None:
+            return {"changed": False, "plan": self.plan.to_dict()}
+        apply_plan = getattr(self.learner, "apply_plan", None)
+        if apply_plan is None or not apply_plan(new, timeout=self.config.daemon.shutdown_timeout_s):
+            log.error("replan_not_applied", detail="in-flight microbatches did not drain in time")
+            return {"changed": False, "error": "could not drain in-flight work in time"}
+        self.plan = new
+        self.notifier.status(status_line(self))
+        return {"changed": True, "plan": new.to_dict(), "describe": new.describe()}
+
+    def set_budget(self, budget_bytes: int) -> dict[str, Any]:
+        """``ferretctl budget``: an absolute cap on the plan's memory (0 clears it), then re-plan."""
+        previous = self.replanner.override_bytes
+        self.replanner.override_bytes = budget_bytes or None
+        try:
+            return self.replan(force=True, reason=f"ferretctl budget {budget_bytes}")
+        except ValueError:
+            self.replanner.override_bytes = previous
+            raise
 
     # ------------------------------------------------------------------ snapshots
 

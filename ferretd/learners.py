@@ -2,8 +2,8 @@
 
 ``[pipeline] plan = "manual"`` builds the plan from the ``[pipeline]`` keys (P stages cut evenly
 unless ``partition`` is given, N workers, the knobs); ``"auto"`` asks the planner for the plan
-that maximises the predicted adaptation rate within the memory headroom. One stage, one worker
-and no OCL method run on the plain sequential SGD learner (bitwise the same math, no threads);
+that maximises the predicted adaptation rate within the memory headroom. A manual plan with one stage,
+one worker and no OCL method runs on the plain sequential SGD learner (bitwise the same math, no threads);
 anything else runs on the Ferret pipeline engine.
 """
 
@@ -53,7 +53,13 @@ def plan_from_config(config: Config) -> Plan:
 
 
 def is_sequential(plan: Plan, config: Config) -> bool:
-    return plan.num_stages == 1 and len(plan.active_workers) == 1 and config.ocl.method == "vanilla"
+    """Plain SGD suffices: a hand-set single stage and worker without OCL (auto plans may change)."""
+    return (
+        config.pipeline.plan == "manual"
+        and plan.num_stages == 1
+        and len(plan.active_workers) == 1
+        and config.ocl.method == "vanilla"
+    )
 
 
 def make_learner(config: Config, plan: Plan | None = None) -> OnlineLearner:

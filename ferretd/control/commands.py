@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ferretd.messages import ControlReply, ControlRequest
+from ferretd.status import plain
 
 if TYPE_CHECKING:
     from ferretd.daemon import Daemon
@@ -54,6 +55,36 @@ def cmd_stop(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
 
 
 @command
+def cmd_plan(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """plan: the live plan (stages, workers, knobs, predictions) and the headroom it was made for.
+
+    wire: {"cmd": "plan"}          cli: ferretctl plan [--json]
+    """
+    return daemon.replanner.describe(daemon.plan)
+
+
+@command
+def cmd_replan(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """replan: read the headroom now and switch plans at a safe point if a better one fits.
+
+    wire: {"cmd": "replan"}        cli: ferretctl replan
+    """
+    return daemon.call_in_loop(lambda: daemon.replan(force=True, reason="ferretctl replan"), timeout=120)
+
+
+@command
+def cmd_budget(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """budget: cap the plan's memory at BYTES (0 removes the cap) and re-plan now.
+
+    wire: {"cmd": "budget", "args": {"bytes": N}}    cli: ferretctl budget BYTES (suffixes K, M, G)
+    """
+    budget = args.get("bytes")
+    if type(budget) is not int or budget < 0:
+        raise ValueError(f"budget needs a non-negative integer 'bytes', got {budget!r}")
+    return daemon.call_in_loop(lambda: daemon.set_budget(budget), timeout=120)
+
+
+@command
 def cmd_help(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     """help: list the commands with their usage.
 
@@ -67,6 +98,9 @@ def make_handler(daemon: Daemon) -> Callable[[ControlRequest], ControlReply]:
         fn = COMMANDS.get(request.cmd)
         if fn is None:
             return ControlReply(ok=False, error=f"unknown command {request.cmd!r}; try 'help'")
-        return ControlReply(ok=True, result=fn(daemon, request.args))
+        try:
+            return ControlReply(ok=True, result=plain(fn(daemon, request.args)))
+        except ValueError as exc:
+            return ControlReply(ok=False, error=str(exc))
 
     return handle

@@ -99,7 +99,45 @@ def render_generic(result: dict[str, Any]) -> str:
     return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items())
 
 
-RENDERERS = {"status": render_status}
+def render_plan(result: dict[str, Any]) -> str:
+    lines = [
+        result["describe"],
+        f"mode: {result['mode']}, re-plans: {result['replans']} (last: {result['last_reason']})",
+    ]
+    headroom = result.get("headroom")
+    if headroom:
+        lines.append(
+            f"made for budget {_mib(headroom['budget_bytes'])}, bound by {headroom['bound_by']} "
+            f"(safety factor {headroom['safety_factor']})"
+        )
+        lines += [f"  {k}: {_mib(v)}" for k, v in sorted(headroom["sources"].items())]
+    if result.get("override_bytes"):
+        lines.append(f"ferretctl budget override: {_mib(result['override_bytes'])}")
+    return "\n".join(lines)
+
+
+def render_replan(result: dict[str, Any]) -> str:
+    if result.get("changed"):
+        return "plan changed:\n" + result["describe"]
+    return "plan unchanged" + (f": {result['error']}" if result.get("error") else "")
+
+
+RENDERERS = {"status": render_status, "plan": render_plan, "replan": render_replan, "budget": render_replan}
+
+
+def parse_bytes(text: str) -> int:
+    """``512M``, ``1G``, ``1048576``: binary multiples."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        value = int(float(number) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (try 512M or 1G)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("a budget cannot be negative")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,6 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     watch = sub.add_parser("stats", help="status, refreshed with --watch")
     watch.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS")
     sub.add_parser("snapshot", help="export and announce a snapshot now")
+    sub.add_parser("plan", help="the live plan and the headroom it was made for")
+    sub.add_parser("replan", help="read the headroom and re-plan now")
+    budget = sub.add_parser("budget", help="cap the plan's memory (0 removes the cap) and re-plan")
+    budget.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
     sub.add_parser("stop", help="stop the daemon (same path as SIGTERM)")
     sub.add_parser("help", help="list the daemon's commands")
     return parser
@@ -135,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     with ControlClient(endpoint, timeout_s=timeout) as client:
         while True:
             try:
-                reply = client.call(cmd)
+                reply = client.call(cmd, **({"bytes": args.bytes} if cmd == "budget" else {}))
             except TimeoutError as exc:
                 sys.stderr.write(f"ferretctl: ferretd did not answer: {exc}\n")
                 return EXIT_UNREACHABLE

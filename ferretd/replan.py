@@ -1,0 +1,141 @@
+"""Live re-planning: watch the memory headroom and re-plan when it moves (the paper plans once).
+
+Owned by the daemon loop. Every ``[planner] replan_check_s`` it reads the headroom and works
+out the budget a new plan may use::
+
+    machine = safety x (what the box has left, psutil / cgroup / GPU) + what the running plan holds
+    budget  = min(machine, [planner] memory_cap_bytes, ferretctl budget BYTES)
+
+The running plan's own predicted footprint is added back because psutil and the cgroup already
+count it as used, and switching plans releases it. Caps are absolute limits on the plan.
+
+A new plan is searched when the running one no longer fits, when the budget moved by more than
+``[planner] hysteresis`` (a fraction) from the one the plan was made for, or on
+``ferretctl replan`` / ``ferretctl budget``. It is applied only if it differs from the running
+plan, through ``learner.apply_plan`` at a safe point: the loop stops feeding samples (the queue
+keeps accepting them), in-flight microbatches finish, then the engine rebuilds its lanes with
+the same weights. Nothing queued or accepted is lost.
+
+Only ``[pipeline] plan = "auto"`` re-plans; a manual plan is the operator's decision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ferretd.config import Config
+from ferretd.engine.plan import Plan
+from ferretd.planner.headroom import Headroom, read_headroom
+
+log = structlog.get_logger(__name__)
+
+HeadroomFn = Callable[[], Headroom]
+PlanFn = Callable[[Config, Headroom], Plan]
+
+
+def _plan_with_planner(config: Config, headroom: Headroom) -> Plan:
+    from ferretd.planner import plan_for_config
+
+    return plan_for_config(config, headroom=headroom)
+
+
+def plan_shape(plan: Plan) -> dict[str, Any]:
+    """What the engine runs, without the planner's predictions (for "did the plan change?")."""
+    data = plan.to_dict()
+    for key in ("predicted_memory_bytes", "predicted_rate", "budget_bytes", "notes", "extra"):
+        data.pop(key, None)
+    return data
+
+
+class Replanner:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        headroom_fn: HeadroomFn | None = None,
+        plan_fn: PlanFn = _plan_with_planner,
+    ) -> None:
+        self.config = config
+        self._headroom_fn = headroom_fn or (lambda: read_headroom(0, config.planner.safety_factor))
+        self._plan_fn = plan_fn
+        self.override_bytes: int | None = None
+        self.headroom: Headroom | None = None
+        self.replans = 0
+        self.last_reason = "start"
+        self._next_check = time.monotonic() + config.planner.replan_check_s
+
+    @property
+    def auto(self) -> bool:
+        return self.config.pipeline.plan == "auto"
+
+    def budget(self, running: Plan | None) -> Headroom:
+        """The budget for a plan, given the plan running now (None at start)."""
+        machine = self._headroom_fn()
+        held = (running.predicted_memory_bytes or 0) if running is not None else 0
+        sources = dict(machine.sources)
+        candidates = {"machine": machine.budget_bytes + held}
+        if self.config.planner.memory_cap_bytes:
+            candidates["cap"] = self.config.planner.memory_cap_bytes
+        if self.override_bytes:
+            candidates["ferretctl budget"] = self.override_bytes
+        bound = min(candidates, key=lambda k: candidates[k])
+        if held:
+            sources["held by running plan"] = held
+        return Headroom(
+            budget_bytes=int(candidates[bound]),
+            raw_bytes=machine.raw_bytes,
+            bound_by=machine.bound_by if bound == "machine" else bound,
+            safety_factor=machine.safety_factor,
+            sources=sources,
+        )
+
+    def initial_plan(self) -> Plan:
+        self.headroom = self.budget(None)
+        return self._plan_fn(self.config, self.headroom)
+
+    def due(self) -> bool:
+        return self.auto and time.monotonic() >= self._next_check
+
+    def check(self, running: Plan, *, force: bool = False, reason: str = "headroom") -> Plan | None:
+        """A new plan to apply, or None when the running one should stay."""
+        self._next_check = time.monotonic() + self.config.planner.replan_check_s
+        if not self.auto:
+            raise ValueError('the plan is manual ([pipeline] plan = "manual"); set plan = "auto" to re-plan')
+        headroom = self.budget(running)
+        made_for = running.budget_bytes or headroom.budget_bytes
+        moved = abs(headroom.budget_bytes - made_for) / max(made_for, 1)
+        over = (running.predicted_memory_bytes or 0) > headroom.budget_bytes
+        if not (force or over or moved > self.config.planner.hysteresis):
+            return None
+        new = self._plan_fn(self.config, headroom)
+        self.headroom = headroom
+        if plan_shape(new) == plan_shape(running):
+            return None
+        self.replans += 1
+        self.last_reason = "over budget" if over else reason
+        log.info(
+            "replanned",
+            reason=self.last_reason,
+            budget_bytes=headroom.budget_bytes,
+            bound_by=headroom.bound_by,
+            old=running.describe().splitlines()[0],
+            new=new.describe().splitlines()[0],
+            predicted_memory_bytes=new.predicted_memory_bytes,
+        )
+        return new
+
+    def describe(self, running: Plan) -> dict[str, Any]:
+        return {
+            "mode": self.config.pipeline.plan,
+            "plan": running.to_dict(),
+            "describe": running.describe(),
+            "headroom": dataclasses.asdict(self.headroom) if self.headroom else None,
+            "override_bytes": self.override_bytes,
+            "replans": self.replans,
+            "last_reason": self.last_reason,
+        }

@@ -1,0 +1,85 @@
+"""Live re-planning in a running daemon: the budget drops mid-stream (ferretctl budget), the plan
+changes at a safe point, the engine's memory falls under the new budget, and every sample is
+still accounted for with nothing lost."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from ferretd.planner.planning import memory_params_for_config, profile_for_config, rate_params_for_config
+from ferretd.planner.search import PlanSearch
+from tests.integration.harness import ROOT, ThreadedDaemon, child_env, config_from, digits, wait_for, write_config
+from transports.client import SamplePublisher
+from transports.zmq_control import ControlClient
+
+N = 1200
+
+
+def test_budget_drop_mid_stream_replans_without_losing_samples(ipc_dir):
+    path = write_config(ipc_dir, pipeline={"plan": "auto"}, planner={"max_stages": 3, "replan_check_s": 0.5})
+    config = config_from(path)
+    profile = profile_for_config(config)
+    search = PlanSearch(
+        profile, rate_params_for_config(config, profile), memory_params_for_config(config), max_workers=4, max_stages=3
+    )
+    tight = int(search.minimum_bytes * 1.3)
+    x, y = digits(N)
+    with ThreadedDaemon(config) as td:
+        daemon = td.daemon
+        before = daemon.plan
+        assert before.predicted_memory_bytes > tight, "the unconstrained plan must not fit the tight budget"
+
+        def publish() -> None:
+            with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
+                for features, label in zip(x, y, strict=True):
+                    publisher.publish(features, int(label))
+
+        sender = threading.Thread(target=publish)
+        sender.start()
+        wait_for(lambda: daemon.queue.snapshot().trained >= N // 4, what="training under way")
+        bytes_before = daemon.learner.status()["version_bytes"]
+
+        budget_cli = subprocess.run(
+            [sys.executable, "-m", "ferretd.control.ferretctl", "--config", str(path), "budget", str(tight)],
+            capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=120,
+        )  # fmt: skip
+        assert budget_cli.returncode == 0, budget_cli.stderr
+        assert budget_cli.stdout.startswith("plan changed"), budget_cli.stdout
+        sender.join(60)
+        wait_for(lambda: td.settled(N), what="every sample trained", timeout=60)
+
+        after = daemon.plan
+        assert after != before
+        assert after.predicted_memory_bytes <= tight
+        assert daemon.learner.status()["version_bytes"] <= tight
+        assert daemon.learner.status()["version_bytes"] <= bytes_before
+        ledger = daemon.queue.snapshot()
+        assert ledger.received == N and ledger.trained == N and ledger.dropped == {} and ledger.balanced
+
+        with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
+            shown = ctl.call("plan").result
+            assert shown["replans"] >= 1 and shown["override_bytes"] == tight
+            assert shown["headroom"]["bound_by"] == "ferretctl budget"
+            too_small = ctl.call("budget", bytes=search.minimum_bytes // 2)
+            assert not too_small.ok and "smallest feasible plan, which needs" in too_small.error
+            assert daemon.plan == after, "a refused budget leaves the running plan alone"
+
+
+def test_manual_plan_refuses_replan(ipc_dir):
+    config = config_from(write_config(ipc_dir))
+    with ThreadedDaemon(config) as td, ControlClient(config.control.endpoint, timeout_s=30) as ctl:
+        reply = ctl.call("replan")
+        assert not reply.ok and "manual" in reply.error
+        assert ctl.call("plan").result["mode"] == "manual"
+        assert td.daemon.state == "running"
+
+
+@pytest.mark.parametrize("text, expected", [("64M", 64 << 20), ("1G", 1 << 30), ("1536", 1536), ("1.5K", 1536)])
+def test_budget_argument_parsing(text, expected):
+    from ferretd.control.ferretctl import parse_bytes
+
+    assert parse_bytes(text) == expected
