@@ -5,9 +5,10 @@ Both executors call the same ``core.execute(action)``; only the driver differs.
 
 * :class:`VirtualExecutor`: one thread, microbatches arrive at given virtual times, each action
   costs its profiled time (``cost(action)``, e.g. from ``{(stage, kind): seconds}``); deterministic.
-* :class:`RealtimeExecutor`: one thread per lane (worker x stage); a lane waits on one shared
-  condition until its program yields a ready action, runs it outside the lock, then marks it
-  done. Lanes of one stage share the stage's device. ``jitter`` (tests) is called before every
+* :class:`RealtimeExecutor`: one thread per lane (worker x stage); a lane waits on its own
+  condition (one lock for all) until its program yields a ready action, runs it outside the
+  lock, marks it done and wakes only the lanes it can unblock (same worker, stage j-1 / j+1).
+  Lanes of one stage share the stage's device. ``jitter`` (tests) is called before every
   action to shake the interleaving.
 
 Both leave the executed order in ``core.log``; :func:`replay` re-executes a log on a fresh core
@@ -63,7 +64,7 @@ class VirtualExecutor:
 
 
 class RealtimeExecutor:
-    """One thread per lane; a shared condition orders dependencies."""
+    """One thread per lane; one lock, one condition per lane (woken only by its neighbours)."""
 
     kind = "realtime"
 
@@ -77,7 +78,9 @@ class RealtimeExecutor:
         self.core = core
         self.program = program
         self.jitter = jitter
-        self.cond = threading.Condition()
+        lock = threading.Lock()  # guards all executor and program state
+        self.cond = threading.Condition(lock)  # drain waits here
+        self._wake = {lane: threading.Condition(lock) for lane in program.lanes}
         self.done: set[Key] = set()
         self.busy: dict[Lane, float] = dict.fromkeys(program.lanes, 0.0)
         self.running = 0
@@ -99,7 +102,18 @@ class RealtimeExecutor:
             self._raise()
             self.done.add(("A", 0, microbatch))
             self.program.arrive(microbatch, worker)
-            self.cond.notify_all()
+            self._notify((worker, 0))
+
+    def _notify(self, *lanes: Lane) -> None:
+        """Wake the given lanes (call with the lock held); ``drain`` is always told."""
+        for lane in lanes:
+            cv = self._wake.get(lane)
+            if cv is not None:
+                cv.notify()
+        self.cond.notify_all()
+
+    def _notify_all(self) -> None:
+        self._notify(*self._wake)
 
     def _raise(self) -> None:
         if self.error is not None:
@@ -113,7 +127,7 @@ class RealtimeExecutor:
             flushing = hasattr(self.program, "flushing")
             if flushing:
                 self.program.flushing = True  # type: ignore[attr-defined]
-            self.cond.notify_all()
+            self._notify_all()
             ok = self.cond.wait_for(self._idle, timeout)
             if flushing:
                 self.program.flushing = False  # type: ignore[attr-defined]
@@ -131,7 +145,7 @@ class RealtimeExecutor:
                         self.program.take(action)
                         self.running += 1
                         break
-                    self.cond.wait()
+                    self._wake[lane].wait()
             if self.jitter is not None:
                 self.jitter(action)
             t0 = time.perf_counter()
@@ -143,7 +157,7 @@ class RealtimeExecutor:
                     self.error = exc
                     self._stop = True
                     self.running -= 1
-                    self.cond.notify_all()
+                    self._notify_all()
                 return
             dt = time.perf_counter() - t0
             with self.cond:
@@ -156,7 +170,8 @@ class RealtimeExecutor:
                     )
                 elif action.kind != "U":  # nothing waits on an update
                     self.done.add(key(action))
-                self.cond.notify_all()
+                w, s = lane
+                self._notify((w, s - 1), (w, s + 1))
 
     def utilisation(self) -> dict[str, float]:
         wall = time.perf_counter() - self._started
@@ -165,7 +180,7 @@ class RealtimeExecutor:
     def close(self) -> None:
         with self.cond:
             self._stop = True
-            self.cond.notify_all()
+            self._notify_all()
         for t in self._threads:
             t.join(timeout=10)
 
