@@ -26,7 +26,9 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
      P microbatches are in flight, each taking ``s_n``, so the stage-0 update lands ``~P s_n``
      after entry. We interpolate: ``lat_k = pure_k + min(rho,1) * max(0, P s_n - pure_0)``;
    * accumulation: the gradient waits on average ``(a_{n,k}-1)/2`` further microbatches of
-     this worker, one every ``max(s_n, I)``.
+     this worker, one every ``max(s_n, I)``. The engine *averages* the window, so a sample's
+     gradient moves the weights by ``1/a`` of a step: its value is weighted ``1/a_{n,k}``
+     (``window_average``; the notes' R has no such factor, measurement asked for it).
 4. Omission (T3). If worker n omits at stage j, a sample whose stage-j version changed between
    its forward and backward at j is not back-propagated at j nor upstream. Updates at j during
    that window ``W_j = sum_{i>=j} F_i + sum_{i>j} B'_i + min(rho,1) (P-j-1) s_n`` arrive from all
@@ -56,6 +58,7 @@ class RateParams:
     arrival_interval_s: float
     decay_per_arrival: float = 0.1
     value: float = 1.0
+    window_average: bool = True
 
     def __post_init__(self) -> None:
         if not self.arrival_interval_s > 0:
@@ -130,7 +133,8 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
             acc_wait = (w.accumulation[k] - 1) / 2 * max(s_n, interval)
             delay = fill + queue + pure[k] + extra + acc_wait
             p_update = math.prod(fresh[k:])
-            value += shares[k] * p_update * math.exp(-c * delay)
+            weight = 1.0 / w.accumulation[k] if params.window_average else 1.0
+            value += shares[k] * weight * p_update * math.exp(-c * delay)
             delays.append(delay)
         total += accepted * value
     return RateBreakdown(
