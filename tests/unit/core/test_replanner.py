@@ -1,0 +1,82 @@
+"""Replanner decisions with injected headroom and planner: hysteresis, over-budget, caps."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from ferretd.config import load_config
+from ferretd.engine.plan import Plan
+from ferretd.planner.headroom import Headroom
+from ferretd.replan import Replanner
+
+MiB = 1 << 20
+
+
+def fake_planner(config, headroom):
+    """More budget, more workers: one worker per 10 MiB, at most 4; each worker 'costs' 8 MiB."""
+    workers = max(1, min(4, headroom.budget_bytes // (10 * MiB)))
+    plan = Plan.uniform(3, (1, 2), workers)
+    return dataclasses.replace(plan, predicted_memory_bytes=workers * 8 * MiB, budget_bytes=headroom.budget_bytes)
+
+
+class Machine:
+    def __init__(self, free: int) -> None:
+        self.free = free
+
+    def __call__(self) -> Headroom:
+        return Headroom(budget_bytes=self.free, raw_bytes=self.free, bound_by="psutil", safety_factor=1.0,
+                        sources={"psutil": self.free})  # fmt: skip
+
+
+def replanner(machine: Machine, **planner) -> Replanner:
+    config = load_config(None, env={}, overrides={"pipeline": {"plan": "auto"}, "planner": planner})
+    return Replanner(config, headroom_fn=machine, plan_fn=fake_planner)
+
+
+def test_small_moves_inside_the_hysteresis_band_keep_the_plan():
+    machine = Machine(40 * MiB)
+    r = replanner(machine, hysteresis=0.2)
+    plan = r.initial_plan()
+    assert len(plan.workers) == 4
+    machine.free = 40 * MiB - 32 * MiB + 2 * MiB  # the plan holds 32 MiB; 10 % more budget
+    assert r.check(plan) is None
+
+
+def test_budget_drop_past_the_band_replans_smaller():
+    machine = Machine(40 * MiB)
+    r = replanner(machine, hysteresis=0.1)
+    plan = r.initial_plan()
+    machine.free = 0  # something else took the rest: only what we hold (32 MiB) remains, 20 % less
+    smaller = r.check(plan)
+    assert smaller is not None and len(smaller.workers) == 3 and r.replans == 1
+
+
+def test_running_plan_over_budget_replans_even_inside_the_band():
+    machine = Machine(40 * MiB)
+    r = replanner(machine, hysteresis=0.9)
+    plan = r.initial_plan()
+    r.override_bytes = 30 * MiB  # below the 32 MiB the plan holds; a 25 % move, inside the band
+    smaller = r.check(plan)
+    assert smaller is not None and smaller.predicted_memory_bytes <= 30 * MiB and r.last_reason == "over budget"
+
+
+def test_caps_are_absolute_and_override_wins():
+    machine = Machine(1000 * MiB)
+    r = replanner(machine, memory_cap_bytes=25 * MiB)
+    plan = r.initial_plan()
+    assert len(plan.workers) == 2 and r.headroom.bound_by == "cap"
+    r.override_bytes = 12 * MiB
+    new = r.check(plan, force=True)
+    assert new is not None and len(new.workers) == 1 and r.headroom.bound_by == "ferretctl budget"
+
+
+def test_same_shape_is_not_a_new_plan_and_manual_refuses():
+    machine = Machine(40 * MiB)
+    r = replanner(machine)
+    plan = r.initial_plan()
+    assert r.check(plan, force=True) is None
+    manual = Replanner(load_config(None, env={}), headroom_fn=machine, plan_fn=fake_planner)
+    with pytest.raises(ValueError, match="manual"):
+        manual.check(plan, force=True)
