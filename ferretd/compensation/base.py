@@ -40,7 +40,12 @@ DEFAULT_MAX_CORRECTION = 1.0
 
 @dataclass
 class StageStats:
-    """Counters for one stage, shown by ``ferretctl status``."""
+    """Counters for one stage, shown by ``ferretctl status``.
+
+    ``updates`` counts calls (one per gradient: with accumulation ``a`` that is ``a`` per applied
+    update); ``compensated`` the calls whose output the method changed; ``fallbacks`` the calls
+    where at least one tensor was replaced by the raw gradient by the guard.
+    """
 
     updates: int = 0
     staleness_sum: int = 0

@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Self
 
+import torch
 from torch import Tensor
 
 from ferretd.compensation.base import DEFAULT_MAX_CORRECTION, Compensator
@@ -56,4 +57,4 @@ class Fisher(Compensator):
 
 def fisher_step(g: Tensor, displacement: Tensor, lam: float) -> Tensor:
     """One DC-ASGD step ``g + lam * g (.) g (.) displacement`` (a new tensor)."""
-    return g + lam * (g * g * displacement)
+    return torch.addcmul(g, g * g, displacement, value=lam)

@@ -6,17 +6,27 @@ for the fit: it regresses on the difference of *evaluation points* of two consec
 observations of the stage (consecutive in call order, i.e. update order; ``th_v - th_prev`` may
 span several versions, be zero when two workers used the same version, or even point backwards).
 
-    target  D - E = (1 - alpha) (g - E)        E: EMA (rate alpha) of the observed gradients
+    target  D - E = (1 - alpha) (g - E)        E: EMA (rate alpha) of the observed gradients, D the next
     feature F     = g_prev (.) g_prev (.) (th_v - th_prev)
     lambda        = argmin ||(D - E) - lambda F||^2 + nu lambda^2
 
 Decisions:
 
-* ``fit = "closed_form"``: ``lambda = S_fd / (S_ff + nu)`` with ``S_fd, S_ff`` EMAs (rate
-  ``alpha``, bias-corrected like Adam's moments, so ``nu`` compares with a *mean* ``<F, F>``) of
-  ``<F, D-E>`` and ``<F, F>``. ``fit = "gradient"``: one step per observation on the
-  instantaneous objective, ``lambda += eta (<F, D-E> - lambda (<F, F> + nu))``; ``eta = 0``
-  freezes lambda at ``lambda0``.
+* **Scale of lambda.** The regression above predicts the change of the *EMA*, ``D - E``, which
+  is only ``(1 - alpha)`` times the change of a raw gradient; A is applied to raw gradients. We
+  therefore solve the same problem for ``lambda_apply = lambda / (1 - alpha)``: substituting
+  gives ``(1 - alpha)^2 [ ||(g - E) - lambda_apply F||^2 + nu lambda_apply^2 ]``, the same
+  minimiser with the same ``nu``. So the target used is ``g - E`` and every lambda reported or
+  applied is ``lambda_apply``. (Fitting ``D - E`` literally gave lambdas ~10x too small,
+  ratios indistinguishable from 1; see tools/bench/bench_compensation.py.)
+* ``fit = "closed_form"``: ``lambda = S_fd / (S_ff + nu)`` with ``S_fd, S_ff`` EMAs with rate
+  ``beta`` (bias-corrected like Adam's moments, so ``nu`` compares with a *mean* ``<F, F>``) of
+  ``<F, g - E>`` and ``<F, F>``. ``beta`` is separate from ``alpha`` and slow (0.999): a single
+  pair's ``<F, g - E>`` is dominated by sample-to-sample noise (different samples), the
+  curvature signal only appears averaged over hundreds of pairs.
+* ``fit = "gradient"``: one step per observation on the instantaneous objective,
+  ``lambda += eta (<F, g - E> - lambda (<F, F> + nu))``; ``eta = 0`` freezes lambda at
+  ``lambda0``. The step is scale dependent (``<F, F>`` is tiny): closed form is the default.
 * ``lambda`` is clamped to ``>= 0``: a negative value would claim negative curvature from a
   positive-semidefinite Fisher and amplify the stale gradient instead of correcting it.
 * Initial lambda is ``lambda0`` until the first informative pair (``F != 0``); the first
@@ -25,6 +35,10 @@ Decisions:
 * A non-finite gradient is not an observation (skipped, counted in ``skipped``).
 * ``scope = "stage"``: one scalar over all tensors of the stage (inner products summed);
   ``scope = "tensor"``: one scalar per parameter tensor.
+* Known bias: the displacement ``th_v - th_prev`` is the step made from a gradient that is
+  also inside ``E`` (weight ``(1 - alpha) alpha^tau``), which correlates ``F`` with the target
+  and pushes lambda up, more so for small ``alpha``; the noise pushes ``|lambda|`` around. On
+  digits the fitted lambda stays below the hindsight-optimal one (measured in the benchmark).
 
 Memory kept per stage: ``E``, ``g_prev (.) g_prev`` and ``th_prev`` = **3 |w_j|** (plus a few
 scalars per tensor). The method notes say "about 2 |w_j|"; exact spec semantics (F built from
@@ -66,7 +80,7 @@ class LambdaFitter:
     def __init__(
         self,
         lambda0: float = 0.04,
-        nu: float = 1e-3,
+        nu: float = 1e-4,
         alpha: float = 0.9,
         eta_lambda: float = 0.0,
         fit: str = "closed_form",
