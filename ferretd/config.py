@@ -143,10 +143,15 @@ class PipelineConfig:
 
 @dataclass(frozen=True)
 class CompensationConfig:
+    """Stale-gradient compensation (ferretd/compensation). ``beta`` is the rate of the lambda
+    fitter's statistics EMAs; ``nu``/``alpha``/``beta`` defaults are measured in
+    tools/bench/bench_compensation.py (docs/benchmarks/compensation.md)."""
+
     method: str = "iter_fisher"
     lambda0: float = 0.04
-    nu: float = 1e-3
+    nu: float = 1e-4
     alpha: float = 0.9
+    beta: float = 0.999
     eta_lambda: float = 0.0
     fit: str = "closed_form"
     scope: str = "stage"
@@ -164,6 +169,8 @@ class CompensationConfig:
             raise ConfigError(f"[compensation] nu: must be >= 0, got {self.nu}")
         if not 0.0 <= self.alpha < 1.0:
             raise ConfigError(f"[compensation] alpha: must be in [0, 1), got {self.alpha}")
+        if not 0.0 <= self.beta < 1.0:
+            raise ConfigError(f"[compensation] beta: must be in [0, 1), got {self.beta}")
         if self.eta_lambda < 0:
             raise ConfigError(f"[compensation] eta_lambda: must be >= 0, got {self.eta_lambda}")
         _choice("compensation", "fit", self.fit, ("closed_form", "gradient"))
