@@ -243,6 +243,19 @@ class SnapshotConfig:
 
 
 @dataclass(frozen=True)
+class CheckpointConfig:
+    every_updates: int = 500
+    every_seconds: float = 60.0
+    keep: int = 3
+
+    def check(self) -> None:
+        _at_least("checkpoint", "every_updates", self.every_updates, 0)
+        if self.every_seconds < 0:
+            raise ConfigError(f"[checkpoint] every_seconds: must be >= 0, got {self.every_seconds}")
+        _at_least("checkpoint", "keep", self.keep, 1)
+
+
+@dataclass(frozen=True)
 class ControlConfig:
     endpoint: str = ""
     timeout_s: float = 5.0
@@ -275,6 +288,7 @@ class Config:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     ocl: OclConfig = field(default_factory=OclConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

@@ -30,7 +30,8 @@ import structlog
 import torch
 import zmq
 
-from ferretd import __version__
+from ferretd import __version__, lifecycle
+from ferretd.checkpoint import CheckpointStore
 from ferretd.config import Config, ConfigError, load_config
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.ingest import SampleQueue
@@ -53,8 +54,9 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_SOCKET = 0, 1, 2, 3
 
 
 class Daemon:
-    def __init__(self, config: Config, context: zmq.Context | None = None) -> None:
+    def __init__(self, config: Config, context: zmq.Context | None = None, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.context = context or zmq.Context()
         self.started_at = time.time()
         self.state = "starting"
@@ -70,6 +72,7 @@ class Daemon:
         self.score_lock = threading.Lock()
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
         self.exporter = SnapshotExporter(self.store, config, on_saved=self._snapshot_saved)
+        self.checkpoints = CheckpointStore(Path(config.state_dir) / "checkpoints", keep=config.checkpoint.keep)
         self.notifier = Notifier()
         self.bad_input = RateLimitedLog(log)
         self.events: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
@@ -80,9 +83,20 @@ class Daemon:
         self._delay_lock = threading.Lock()  # engines settle samples from their own threads
         self._delay_sum = 0.0
         self._delay_count = 0
+        self.paused = False
+        self.loop_heartbeat = time.monotonic()
+        self.last_progress_at = time.monotonic()
+        self._last_trained = 0
+        self._last_checkpoint_updates = 0
+        self._last_checkpoint_time = time.monotonic()
         self.ingest: IngestServer | None = None
         self.control: ControlServer | None = None
         self.snapshots: SnapshotService | None = None
+        found = self.checkpoints.newest_valid()
+        if found is not None:
+            lifecycle.resume(self, *found)
+            self._last_snapshot_updates = self._last_checkpoint_updates = self.learner.updates
+            self._last_trained = self.queue.snapshot().trained
 
     # ------------------------------------------------------------------ ingest thread
 
@@ -123,6 +137,14 @@ class Daemon:
     def score_summary(self) -> dict[str, Any]:
         with self.score_lock:
             return self.score.summary()
+
+    def score_state(self) -> dict[str, Any]:
+        with self.score_lock:
+            return self.score.state_dict()
+
+    def load_score_state(self, state: dict[str, Any]) -> None:
+        with self.score_lock:
+            self.score.load_state_dict(state)
 
     def mean_train_delay_s(self) -> float | None:
         return self._delay_sum / self._delay_count if self._delay_count else None
@@ -172,14 +194,19 @@ class Daemon:
         self.start()
         try:
             while not self._stop_requested:
+                self.loop_heartbeat = time.monotonic()
                 self._drain_signals()
                 self._drain_events()
-                for sample in self.queue.take(self.config.training.microbatch, timeout=0.05):
-                    self._process(sample)
+                if self.paused:
+                    time.sleep(0.05)
+                else:
+                    for sample in self.queue.take(self.config.training.microbatch, timeout=0.05):
+                        self._process(sample)
                 self._maybe_snapshot()
+                self._maybe_checkpoint()
                 if self.replanner.due():
                     self.replan(reason="headroom")
-                if self.notifier.maybe_ping():
+                if self._training_progressing() and self.notifier.maybe_ping():
                     self.notifier.status(status_line(self))
             return self.shutdown()
         except Exception:
@@ -187,13 +214,67 @@ class Daemon:
             self.shutdown(final_snapshot=False)
             return EXIT_FAILURE
 
+    def _training_progressing(self) -> bool:
+        """For the watchdog: trained moved, or there is nothing to train, or we are paused on purpose."""
+        ledger = self.queue.snapshot()
+        now = time.monotonic()
+        if ledger.trained != self._last_trained or ledger.queued == 0 or self.paused:
+            self._last_trained = ledger.trained
+            self.last_progress_at = now
+            return True
+        return now - self.last_progress_at < lifecycle.STALL_S
+
     def _drain_signals(self) -> None:
         while self._signals:
             signum = self._signals.pop(0)
             if signum == signal.SIGHUP:
-                log.info("sighup_ignored", detail="config reload arrives with the service issue")
+                try:
+                    self.reload()
+                except ConfigError as exc:
+                    log.error("reload_failed", error=str(exc))
             else:
                 self.request_stop(signal.Signals(signum).name)
+
+    # ------------------------------------------------------------------ operator actions (loop thread)
+
+    def reload(self) -> dict[str, Any]:
+        self.notifier.reloading()
+        try:
+            return lifecycle.reload_config(self, self.config_path)
+        finally:
+            self.notifier.ready(status_line(self))
+
+    def set_paused(self, paused: bool) -> dict[str, Any]:
+        if paused != self.paused:
+            self.paused = paused
+            if paused:
+                self.learner.flush(timeout=self.config.daemon.shutdown_timeout_s)
+            self.state = "paused" if paused else "running"
+            log.info("training_paused" if paused else "training_resumed")
+            self.notifier.status(status_line(self))
+        return {"state": self.state}
+
+    def checkpoint_now(self, reason: str) -> str:
+        """Flush the engine and write the full learning state (loop thread only)."""
+        self.learner.flush(timeout=self.config.daemon.shutdown_timeout_s)
+        path = self.checkpoints.save(lifecycle.checkpoint_state(self, reason))
+        self._last_checkpoint_updates = self.learner.updates
+        self._last_checkpoint_time = time.monotonic()
+        log.info("checkpoint_saved", path=path.name, updates=self.learner.updates, reason=reason)
+        return str(path)
+
+    def _maybe_checkpoint(self) -> None:
+        cfg = self.config.checkpoint
+        fresh = self.learner.updates - self._last_checkpoint_updates
+        if fresh <= 0:
+            return
+        due_updates = cfg.every_updates and fresh >= cfg.every_updates
+        due_time = cfg.every_seconds and time.monotonic() - self._last_checkpoint_time >= cfg.every_seconds
+        if due_updates or due_time:
+            try:
+                self.checkpoint_now("periodic")
+            except OSError as exc:
+                self.bad_input.warning("checkpoint_failed", "checkpoint_failed", error=str(exc))
 
     def _drain_events(self) -> None:
         while True:
@@ -310,6 +391,11 @@ class Daemon:
                 self._process(sample)
         dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
         self.learner.flush(timeout=max(0.0, deadline - time.monotonic()))
+        if final_snapshot:
+            try:
+                self.checkpoint_now("shutdown")
+            except Exception:
+                log.exception("final_checkpoint_failed")
         if final_snapshot and self.learner.updates > self._last_snapshot_updates:
             try:
                 self.snapshot_now().result(timeout=max(5.0, deadline - time.monotonic()))
@@ -356,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(config.daemon.log_level)
     os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
     try:
-        daemon = Daemon(config)
+        daemon = Daemon(config, config_path=args.config)
     except ConfigError as exc:
         sys.stderr.write(f"ferretd: {exc}\n")
         return EXIT_CONFIG

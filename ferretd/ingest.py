@@ -161,6 +161,16 @@ class SampleQueue:
                 self._dropped[reason.value] += n
             return n
 
+    def reconfigure(self, capacity: int, overflow: str) -> None:
+        """Change capacity and policy live (config reload); a smaller queue drops its oldest."""
+        if overflow not in ("drop_oldest", "drop_newest"):
+            raise ValueError(f"unknown overflow policy {overflow!r}")
+        with self._lock:
+            self.capacity, self.overflow = capacity, overflow
+            while len(self._items) > capacity:
+                self._items.popleft()
+                self._dropped[DropReason.QUEUE_FULL.value] += 1
+
     def restore_counts(self, received: int, trained: int, dropped: dict[str, int], invalid: dict[str, int]) -> None:
         """Continue the counters of a previous run (checkpoint resume); only when empty."""
         with self._lock:

@@ -54,6 +54,7 @@ def cmd_stop(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     return {"stopping": True}
 
 
+
 @command
 def cmd_plan(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     """plan: the live plan (stages, workers, knobs, predictions) and the headroom it was made for.
@@ -82,6 +83,64 @@ def cmd_budget(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     if type(budget) is not int or budget < 0:
         raise ValueError(f"budget needs a non-negative integer 'bytes', got {budget!r}")
     return daemon.call_in_loop(lambda: daemon.set_budget(budget), timeout=120)
+
+
+@command
+def cmd_pause(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """pause: stop training (samples keep queueing, up to the queue's capacity).
+
+    wire: {"cmd": "pause"}         cli: ferretctl pause
+    """
+    return daemon.call_in_loop(lambda: daemon.set_paused(True), timeout=60)
+
+
+@command
+def cmd_resume(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """resume: continue training after pause.
+
+    wire: {"cmd": "resume"}        cli: ferretctl resume
+    """
+    return daemon.call_in_loop(lambda: daemon.set_paused(False))
+
+
+@command
+def cmd_reload(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """reload: re-read the config file (like SIGHUP); reports what applied and what needs a restart.
+
+    wire: {"cmd": "reload"}        cli: ferretctl reload
+    """
+    return daemon.call_in_loop(daemon.reload, timeout=120)
+
+
+@command
+def cmd_checkpoint(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """checkpoint: write the full learning state now.
+
+    wire: {"cmd": "checkpoint"}    cli: ferretctl checkpoint
+    """
+    return {"path": daemon.call_in_loop(lambda: daemon.checkpoint_now("ferretctl"), timeout=120)}
+
+
+@command
+def cmd_health(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """health: healthy / degraded / down with reasons (ferretctl exits 0 / 1 / 2).
+
+    wire: {"cmd": "health"}        cli: ferretctl health
+    """
+    from ferretd.lifecycle import health
+
+    return health(daemon)
+
+
+@command
+def cmd_version(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """version: the daemon's version and pid.
+
+    wire: {"cmd": "version"}       cli: ferretctl version
+    """
+    from ferretd import __version__
+
+    return {"version": __version__, "pid": __import__("os").getpid()}
 
 
 @command

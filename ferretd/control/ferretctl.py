@@ -5,7 +5,8 @@ Finds the control socket the way the daemon does (``--config``, then ``$RUNTIME_
 control client (no torch), so it starts instantly.
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 bad usage or config, 3 the daemon is
-not running or did not answer.
+not running or did not answer. ``ferretctl health`` is made for monitoring and exits 0 healthy,
+1 degraded, 2 down (not running or not answering included).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ferretd import __version__
 from ferretd.config import ConfigError, load_config
 from transports.zmq_control import ControlClient, ipc_path
 
@@ -122,7 +124,29 @@ def render_replan(result: dict[str, Any]) -> str:
     return "plan unchanged" + (f": {result['error']}" if result.get("error") else "")
 
 
-RENDERERS = {"status": render_status, "plan": render_plan, "replan": render_replan, "budget": render_replan}
+def render_health(result: dict[str, Any]) -> str:
+    return result["status"] + "".join(f"\n  - {r}" for r in result["reasons"])
+
+
+def render_reload(result: dict[str, Any]) -> str:
+    if result.get("note"):
+        return result["note"]
+    lines = [f"applied: {', '.join(result['applied']) or 'nothing changed'}"]
+    if result["needs_restart"]:
+        lines.append(f"needs a restart (still running the old value): {', '.join(result['needs_restart'])}")
+    return "\n".join(lines)
+
+
+RENDERERS = {
+    "status": render_status,
+    "plan": render_plan,
+    "replan": render_replan,
+    "budget": render_replan,
+    "health": render_health,
+    "reload": render_reload,
+    "version": lambda r: f"ferretd {r['version']} (pid {r['pid']})",
+}
+HEALTH_DOWN = 2
 
 
 def parse_bytes(text: str) -> int:
@@ -155,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("replan", help="read the headroom and re-plan now")
     budget = sub.add_parser("budget", help="cap the plan's memory (0 removes the cap) and re-plan")
     budget.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
+    sub.add_parser("pause", help="stop training; samples keep queueing")
+    sub.add_parser("resume", help="continue training after pause")
+    sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
+    sub.add_parser("checkpoint", help="write the full learning state now")
+    sub.add_parser("health", help="exit 0 healthy, 1 degraded, 2 down (for monitoring)")
+    sub.add_parser("version", help="ferretctl's and the daemon's version")
     sub.add_parser("stop", help="stop the daemon (same path as SIGTERM)")
     sub.add_parser("help", help="list the daemon's commands")
     return parser
@@ -169,9 +199,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     endpoint = args.endpoint or config.control.endpoint
     socket_file = ipc_path(endpoint)
+    if args.command == "version":
+        sys.stdout.write(f"ferretctl {__version__}\n")
+    unreachable = EXIT_UNREACHABLE if args.command != "health" else HEALTH_DOWN
     if socket_file and not Path(socket_file).exists():
         sys.stderr.write(f"ferretctl: ferretd is not running (no control socket at {socket_file})\n")
-        return EXIT_UNREACHABLE
+        if args.command == "health":
+            sys.stdout.write("down\n")
+        return unreachable
     cmd = "status" if args.command == "stats" else args.command
     timeout = args.timeout or config.control.timeout_s
     with ControlClient(endpoint, timeout_s=timeout) as client:
@@ -180,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                 reply = client.call(cmd, **({"bytes": args.bytes} if cmd == "budget" else {}))
             except TimeoutError as exc:
                 sys.stderr.write(f"ferretctl: ferretd did not answer: {exc}\n")
-                return EXIT_UNREACHABLE
+                if args.command == "health":
+                    sys.stdout.write("down\n")
+                return unreachable
             if not reply.ok:
                 sys.stderr.write(f"ferretctl: {cmd}: {reply.error}\n")
                 return EXIT_ERROR
@@ -190,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 sys.stdout.write(RENDERERS.get(cmd, render_generic)(reply.result) + "\n")
             sys.stdout.flush()
             watch = getattr(args, "watch", None)
+            if cmd == "health":
+                return int(reply.result["code"])
             if not watch:
                 return EXIT_OK
             time.sleep(watch)

@@ -94,7 +94,8 @@ class SequentialLearner(OnlineLearner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with self._lock:
             self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
+            if state.get("optimizer") is not None:  # None: weights only (resumed from another engine)
+                self.optimizer.load_state_dict(state["optimizer"])
             self._updates = int(state["updates"])
 
     def status(self) -> dict[str, Any]:

@@ -35,6 +35,7 @@ class SnapshotExporter:
         self._thread = threading.Thread(target=self._run, name="exporter", daemon=True)
         self.exported = 0
         self.failed = 0
+        self.last_failed = False
         self.last_export_s: float | None = None
 
     @property
@@ -65,6 +66,7 @@ class SnapshotExporter:
                 future.set_result(self._export(module, meta))
             except Exception as exc:
                 self.failed += 1
+                self.last_failed = True
                 log.exception("snapshot_export_failed")
                 future.set_exception(exc)
             finally:
@@ -90,6 +92,7 @@ class SnapshotExporter:
             model=cfg.model.name,
         )
         self.exported += 1
+        self.last_failed = False
         self.last_export_s = time.perf_counter() - started
         as_dict = manifest.to_dict()
         log.info("snapshot_saved", seq=manifest.seq, updates=manifest.updates, export_s=round(self.last_export_s, 3))

@@ -36,7 +36,16 @@ def test_xdg_fallbacks_and_explicit_endpoints_win():
 
 
 def test_shipped_example_config_documents_exactly_the_embedded_defaults():
-    assert load_config(ROOT / "configs" / "ferretd.toml", env={}) == load_config(None, env={})
+    import dataclasses
+    import tomllib
+
+    path = ROOT / "configs" / "ferretd.toml"
+    assert load_config(path, env={}) == load_config(None, env={})
+    shipped = tomllib.loads(path.read_text())
+    defaults = load_config(None, env={})
+    for section in dataclasses.fields(defaults):
+        keys = {f.name for f in dataclasses.fields(getattr(defaults, section.name))}
+        assert set(shipped.get(section.name, {})) == keys, f"[{section.name}] is not fully documented"
 
 
 @pytest.mark.parametrize(
