@@ -1,9 +1,10 @@
 """Stale-gradient compensation: one small module per method behind :class:`Compensator`.
 
 ``make_compensator(name, **hyper)`` builds one by name; ``COMPENSATORS`` lists every
-registered method (the contract tests discover them from it).
+registered method once ``load_builtin_methods()`` has imported every module of the package
+(the contract tests discover them that way, so a new module needs no test edit).
 """
 
-from ferretd.compensation.base import COMPENSATORS, Compensator, make_compensator
+from ferretd.compensation.base import COMPENSATORS, Compensator, load_builtin_methods, make_compensator
 
-__all__ = ["COMPENSATORS", "Compensator", "make_compensator"]
+__all__ = ["COMPENSATORS", "Compensator", "load_builtin_methods", "make_compensator"]

@@ -160,10 +160,13 @@ class Compensator(ABC):
 
 
 def _acceptable(g: Tensor, c: Tensor, max_correction: float) -> bool:
-    if not bool(torch.isfinite(c).all()):
-        return False
-    correction = float(torch.linalg.vector_norm((c - g).double()))
-    bound = max_correction * float(torch.linalg.vector_norm(g.double()))
+    """False when ``c`` is not finite or moved further than ``max_correction * ||g||`` from ``g``.
+
+    A non-finite ``c`` makes the correction norm inf/NaN, so one norm covers both checks; norms
+    are taken in the gradient's dtype (an overflowing correction norm also means "fall back").
+    """
+    correction = float(torch.linalg.vector_norm(c - g))
+    bound = max_correction * float(torch.linalg.vector_norm(g))
     return math.isfinite(correction) and correction <= bound
 
 

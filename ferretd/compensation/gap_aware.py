@@ -16,6 +16,8 @@ Decisions:
   0/0, and a coordinate that suddenly moves gets a large finite penalty.
 * The EMA is updated before compensating (the current step is part of the typical size).
 * Staleness 0 returns the inputs themselves (gap 0 -> divisor 1) and leaves ``C`` untouched.
+* It damps, it does not extrapolate: its approximation ratio against a fresh gradient is far
+  above 1 by design (tools/bench/bench_compensation.py); it is the paper's baseline row.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Decisions: the *gradient* is divided (not the step), so the optimizer downstream
 weight decay) sees the damped gradient; ``tau = len(deltas)``; ``tau <= 1`` returns the input
 tensors unchanged (``g / 1 == g``, and staleness 0 must be the identity). No state beyond the
 shared counters. The paper measures this row at -4..-56 oacc points: it is a baseline, not a
-recommendation.
+recommendation; like ``gap_aware`` it damps rather than extrapolates, so its
+approximation ratio against a fresh gradient is far above 1 (tools/bench/bench_compensation.py).
 """
 
 from __future__ import annotations
