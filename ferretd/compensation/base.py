@@ -18,6 +18,11 @@ Guards shared by every method (``Compensator.compensate`` is a template around t
 gradient itself is outside the Taylor regime and is how a too-large lambda diverges), is replaced
 by the raw gradient; the update is counted as a fallback for that stage. State that must survive
 a restart goes through ``state_dict`` (plain Python values and CPU tensors, ``torch.save``-able).
+
+Threads: calls for different stages may come from different threads (one writer per stage);
+each stage's state is only touched by that stage's calls, and ``stats``/``state_dict`` iterate
+over snapshot copies of the per-stage dicts, so they are safe to call from the daemon loop
+(``state_dict`` is exact when the writers are quiescent, e.g. at a checkpoint).
 """
 
 from __future__ import annotations
@@ -137,12 +142,12 @@ class Compensator(ABC):
 
     def stats(self) -> dict[int, dict[str, Any]]:
         """Per-stage numbers for ``ferretctl status`` (lambda, staleness, fallbacks...)."""
-        return {s: {"lambda": self.stage_lambda(s), **st.as_status()} for s, st in sorted(self._stats.items())}
+        return {s: {"lambda": self.stage_lambda(s), **st.as_status()} for s, st in sorted(self._stats.copy().items())}
 
     def state_dict(self) -> dict[str, Any]:
         return {
             "method": self.name,
-            "stats": {s: dataclasses.asdict(st) for s, st in self._stats.items()},
+            "stats": {s: dataclasses.asdict(st) for s, st in self._stats.copy().items()},
             "method_state": self._method_state(),
         }
 

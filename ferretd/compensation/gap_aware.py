@@ -77,7 +77,7 @@ class GapAware(Compensator):
         ]
 
     def _method_state(self) -> dict[str, Any]:
-        return {"alpha": self.alpha, "scale": {s: clone_tensors(c) for s, c in self._scale.items()}}
+        return {"alpha": self.alpha, "scale": {s: clone_tensors(c) for s, c in self._scale.copy().items()}}
 
     def _load_method_state(self, state: dict[str, Any]) -> None:
         self.alpha = float(state.get("alpha", self.alpha))

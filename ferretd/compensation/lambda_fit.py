@@ -192,7 +192,7 @@ class LambdaFitter:
                     "observations": st.observations,
                     "skipped": st.skipped,
                 }
-                for s, st in self.stages.items()
+                for s, st in self.stages.copy().items()
             }
         }
 

@@ -19,6 +19,17 @@ from ferretd.compensation.base import Compensator, load_builtin_methods
 from ferretd.config import CompensationConfig
 
 METHODS = sorted(load_builtin_methods())
+#: Extra hyper-parameter settings run through the same checks (the config defaults always run).
+VARIANTS = {
+    "iter_fisher": [
+        {"scope": "tensor"},
+        {"fit": "gradient", "eta_lambda": 10.0},
+        {"nu": 0.0, "alpha": 0.5, "beta": 0.9},
+    ],
+    "fisher": [{"lambda0": 10.0}],
+}
+CASES = [(name, {}) for name in METHODS] + [(n, h) for n, hs in VARIANTS.items() if n in METHODS for h in hs]
+CASE_IDS = [name + "".join(f"-{k}={v}" for k, v in hyper.items()) for name, hyper in CASES]
 SHAPES = [(5, 4), (4,), (3, 2, 2)]
 
 
@@ -28,8 +39,8 @@ def config_hyper() -> dict[str, object]:
     return hyper
 
 
-def build(name: str) -> Compensator:
-    return make_compensator(name, **config_hyper())
+def build(name: str, hyper: dict[str, object] | None = None) -> Compensator:
+    return make_compensator(name, **{**config_hyper(), **(hyper or {})})
 
 
 def make_call(
@@ -61,9 +72,9 @@ def test_accepts_every_config_key_and_ignores_unknown_ones(name: str) -> None:
     assert isinstance(comp, COMPENSATORS[name])
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_staleness_zero_is_the_identity(name: str) -> None:
-    comp = build(name)
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
+def test_staleness_zero_is_the_identity(name: str, hyper: dict) -> None:
+    comp = build(name, hyper)
     gen = torch.Generator().manual_seed(1)
     for k, call in enumerate(stream(0, 30)):
         comp.compensate(k % 2, *call)  # build up state on two stages first
@@ -72,21 +83,21 @@ def test_staleness_zero_is_the_identity(name: str) -> None:
         assert all(torch.equal(o, g) for o, g in zip(out, grads, strict=True))
 
 
-@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scale", [1.0, 1e3, 1e15, 1e30])
-def test_outputs_are_finite(name: str, scale: float, dtype: torch.dtype) -> None:
+def test_outputs_are_finite(name: str, hyper: dict, scale: float, dtype: torch.dtype) -> None:
     """Large gradients (g * g overflows in float32) and large steps still give finite outputs."""
-    comp = build(name)
+    comp = build(name, hyper)
     for call in stream(2, 40, scale=scale, step=min(1.0, scale), dtype=dtype):
         out = comp.compensate(0, *call)
         assert all(bool(torch.isfinite(o).all()) for o in out)
         assert [o.shape for o in out] == [g.shape for g in call[0]]
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_inputs_are_not_mutated(name: str) -> None:
-    comp = build(name)
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
+def test_inputs_are_not_mutated(name: str, hyper: dict) -> None:
+    comp = build(name, hyper)
     for call in stream(3, 30):
         grads, pinned, current, deltas = call
         before = [[t.clone() for t in grads], [t.clone() for t in pinned], [t.clone() for t in current]]
@@ -98,28 +109,44 @@ def test_inputs_are_not_mutated(name: str) -> None:
             assert all(torch.equal(a, b) for a, b in zip(saved, live, strict=True))
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_state_round_trips(name: str) -> None:
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
+def test_state_round_trips(name: str, hyper: dict) -> None:
     calls = stream(4, 60)
-    first = build(name)
+    first = build(name, hyper)
     for k, call in enumerate(calls[:40]):
         first.compensate(k % 3, *call)
     buffer = io.BytesIO()
     torch.save(first.state_dict(), buffer)
     buffer.seek(0)
-    second = build(name)
+    second = build(name, hyper)
     second.load_state_dict(torch.load(buffer, weights_only=False))
     assert second.stats() == first.stats()
+    fresh = build(name, hyper)
+    differs = False
     for k, call in enumerate(calls[40:]):
         a = first.compensate(k % 3, *call)
         b = second.compensate(k % 3, *call)
+        c = fresh.compensate(k % 3, *call)
         assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+        differs = differs or not all(torch.equal(x, y) for x, y in zip(a, c, strict=True))
     assert second.stats() == first.stats()
+    if tensors_in(first.state_dict()):  # the saved tensors matter: a fresh instance behaves differently
+        assert differs
 
 
-@pytest.mark.parametrize("name", METHODS)
-def test_stats_report_staleness_and_counts(name: str) -> None:
-    comp = build(name)
+def tensors_in(value: object) -> int:
+    if isinstance(value, torch.Tensor):
+        return 1
+    if isinstance(value, dict):
+        return sum(tensors_in(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return sum(tensors_in(v) for v in value)
+    return 0
+
+
+@pytest.mark.parametrize("name,hyper", CASES, ids=CASE_IDS)
+def test_stats_report_staleness_and_counts(name: str, hyper: dict) -> None:
+    comp = build(name, hyper)
     calls = stream(5, 20)
     for call in calls:
         comp.compensate(2, *call)
