@@ -38,7 +38,14 @@ Decisions:
 * Known bias: the displacement ``th_v - th_prev`` is the step made from a gradient that is
   also inside ``E`` (weight ``(1 - alpha) alpha^tau``), which correlates ``F`` with the target
   and pushes lambda up, more so for small ``alpha``; the noise pushes ``|lambda|`` around. On
-  digits the fitted lambda stays below the hindsight-optimal one (measured in the benchmark).
+  digits the fitted lambda stays below the hindsight-optimal one at lr 0.05 (measured in the
+  benchmark), but with ``nu = 0`` and ``alpha = 0.5`` it overshoots at lr 0.01 (the bias grows
+  like 1 / lr).
+* Defaults (``alpha = 0.9``, ``beta = 0.999``, ``nu = 1e-4``; tools/bench/bench_compensation.py):
+  ``beta = 0.99`` lets lambda hit 0 for long stretches (noise); ``nu = 1e-3`` shrinks lambda to
+  ~1/20 of the hindsight value (ratios ~0.999); ``nu = 0`` or ``alpha = 0.5`` score best at
+  lr 0.05 but give ratios > 1 at lr 0.01. ``nu`` is absolute, so its strength depends on the
+  size of ``<F, F>`` (stage size, gradient scale, learning rate).
 
 Memory kept per stage: ``E``, ``g_prev (.) g_prev`` and ``th_prev`` = **3 |w_j|** (plus a few
 scalars per tensor). The method notes say "about 2 |w_j|"; exact spec semantics (F built from
@@ -68,7 +75,7 @@ class StageFit:
     lam: list[float]
     s_fd: list[float] = field(default_factory=list)
     s_ff: list[float] = field(default_factory=list)
-    weight: float = 0.0  # 1 - alpha^pairs: the bias correction of the statistics EMAs
+    weight: float = 0.0  # 1 - beta^pairs: the bias correction of the statistics EMAs
     pairs: int = 0
     observations: int = 0
     skipped: int = 0
