@@ -242,7 +242,7 @@ class Profiler:
             s = _storage(t)
             if s is not None and s[0] not in param_ptrs:
                 saved[s[0]] = max(saved.get(s[0], 0), s[1])
-            return t
+            return t.detach()  # not ``t``: a saved output would hold its own grad_fn (a cycle)
 
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
             out, _loss = self._forward(block, x, last)

@@ -31,7 +31,6 @@ Run alone: ``.venv/bin/python tools/bench/bench_planner.py [--quick]``.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import sys
@@ -114,9 +113,8 @@ class _Held:
 class MemoryProbe:
     """Peak bytes of versions, activations and gradient windows while the engine runs."""
 
-    def __init__(self, learner: Any, collect: bool = False) -> None:
+    def __init__(self, learner: Any) -> None:
         self.learner = learner
-        self.collect = collect  # gc.collect() before each sample: count only reachable graphs
         self.core = learner.core
         self.saved: dict[int, int] = {}  # storage ptr -> refcount
         self.saved_bytes = 0
@@ -145,7 +143,8 @@ class MemoryProbe:
         ptr, nbytes = _ptr(t)
         if ptr in self._weight_ptrs():
             return t
-        holder = _Held(t)
+        holder = _Held(t.detach())  # holding ``t`` itself would tie a saved output to its own
+        # grad_fn: a C++ reference cycle that keeps never-backpropagated graphs (omission) alive
         if self.saved.get(ptr, 0) == 0:
             self.saved_bytes += nbytes
         self.saved[ptr] = self.saved.get(ptr, 0) + 1
@@ -164,8 +163,6 @@ class MemoryProbe:
             self.saved_bytes -= nbytes
 
     def sample(self) -> None:
-        if self.collect:
-            gc.collect()
         core = self.core
         versions = sum(st.store.bytes_held() for st in core.stages)
         extra = 0
@@ -243,9 +240,7 @@ def memory_configs() -> list[tuple[str, Plan, str]]:
     ]
 
 
-def measure_memory(
-    plan: Plan, compensation: str, profile: Profile, microbatches: int, collect: bool = False
-) -> dict[str, Any]:
+def measure_memory(plan: Plan, compensation: str, profile: Profile, microbatches: int) -> dict[str, Any]:
     torch.manual_seed(0)
     model = mlp(MEM_SHAPE, 10, MEM_HIDDEN)
     n = len(plan.active_workers)
@@ -258,7 +253,7 @@ def measure_memory(
     ys = rng.integers(0, 10, microbatches * MEM_MB)
     rss0 = psutil.Process().memory_info().rss
     learner = make_learner(model, plan, profile, t_d, compensation, lr=0.01)
-    probe = MemoryProbe(learner, collect=collect)
+    probe = MemoryProbe(learner)
     with torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
         for x, y in zip(xs, ys, strict=True):
             learner.learn_one(x, int(y))
@@ -362,13 +357,6 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     for name, plan, comp in memory_configs():
         per_worker = (10 if quick else 30) * len(plan.active_workers)
         row = measure_memory(plan, comp, mem_profile, microbatches=per_worker)
-        if any(any(w.omit) for w in plan.workers):
-            # omission leaves reference cycles that hold saved graphs until the cyclic GC runs:
-            # measure again counting only reachable graphs, and keep the raw peak beside it
-            raw = row
-            row = measure_memory(plan, comp, mem_profile, microbatches=per_worker, collect=True)
-            row["raw_measured_bytes"] = raw["measured_bytes"]
-            row["raw_meas_activations"] = raw["meas_activations"]
         mem_rows.append({"config": name, "compensation": comp, **row})
     errors = [abs(r["error"]) for r in mem_rows]
 
@@ -415,20 +403,6 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             f"| {r['pred_grads'] / MiB:.2f} / {r['meas_grads'] / MiB:.2f} "
             f"| {r['pred_fixed'] / MiB:.2f} / {r['meas_fixed'] / MiB:.2f} | {r['rss_growth'] / MiB:.1f} |"
         )
-    raw = [r for r in mem_rows if "raw_measured_bytes" in r]
-    if raw:
-        md += [
-            "",
-            "Omission rows are measured with `gc.collect()` before every sample: without it the engine's "
-            "omitted/stale microbatches leave reference cycles whose saved graphs stay alive until the cyclic "
-            "GC runs. Uncollected peaks: "
-            + "; ".join(
-                f"{r['config']}: {r['raw_measured_bytes'] / MiB:.2f} MiB "
-                f"(activations {r['raw_meas_activations'] / MiB:.2f} MiB)"
-                for r in raw
-            )
-            + ".",
-        ]
     md += [
         "",
         f"Adaptation rate (digits, {len(xs)} samples, MLP 64-128-128-64-10, microbatch 1, t_d = {t_d * 1e6:.0f} us "
