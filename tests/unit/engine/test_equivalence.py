@@ -239,3 +239,15 @@ def test_compensator_contract_deltas_sum_to_current_minus_pinned(make_mlp, strea
             total = sum((d[i] for d in c["deltas"]), torch.zeros_like(pin))
             torch.testing.assert_close(pin + total, cur)
     assert all(np.isfinite(v["mean_staleness"]) for v in learner.status()["stage"])
+
+
+def test_running_a_deadlocking_schedule_raises_with_the_grid(make_mlp, stream):
+    from ferretd.engine.schedule import Schedule, ScheduleError
+
+    x, y = stream(2)
+    core = PipelineCore(make_mlp(), Plan.uniform(3, (1,)), TR)
+    for m in range(2):
+        core.add_microbatch(m, 0, torch.as_tensor(x[m : m + 1]), torch.as_tensor(y[m : m + 1]), [])
+    text = "w0s0: w0s0F0 w0s0B0 w0s0U0 w0s0F1 w0s0B1 w0s0U1\nw0s1: w0s1F1 w0s1F0 w0s1B0 w0s1U0 w0s1B1 w0s1U1"
+    with pytest.raises(ScheduleError, match=r"(?s)deadlocked.*w0s1 .*stuck: w0s1F1 waits for"):
+        run_schedule(core, Schedule.from_text("crossed", 2, 1, text))
