@@ -54,7 +54,13 @@ EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_SOCKET = 0, 1, 2, 3
 
 
 class Daemon:
-    def __init__(self, config: Config, context: zmq.Context | None = None, config_path: str | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        context: zmq.Context | None = None,
+        config_path: str | None = None,
+        notifier: Notifier | None = None,
+    ) -> None:
         self.config = config
         self.config_path = config_path
         self.context = context or zmq.Context()
@@ -73,7 +79,7 @@ class Daemon:
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
         self.exporter = SnapshotExporter(self.store, config, on_saved=self._snapshot_saved)
         self.checkpoints = CheckpointStore(Path(config.state_dir) / "checkpoints", keep=config.checkpoint.keep)
-        self.notifier = Notifier()
+        self.notifier = notifier or Notifier()
         self.bad_input = RateLimitedLog(log)
         self.events: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
         self._signals: list[int] = []

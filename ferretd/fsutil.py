@@ -2,6 +2,10 @@
 
 A reader therefore sees either the old file or the complete new one, never a torn write, even
 if power fails in between (stdlib only).
+
+Fault injection for the crash tests: ``FERRETD_FAULT_WRITE_DELAY_S`` (read at import) sleeps
+that long between the fsync of the temp file and the rename, widening the window in which a
+SIGKILL lands mid-write. It is 0 unless a test sets it.
 """
 
 from __future__ import annotations
@@ -9,7 +13,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from pathlib import Path
+
+_FAULT_WRITE_DELAY_S = float(os.environ.get("FERRETD_FAULT_WRITE_DELAY_S", "0") or 0)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
@@ -21,6 +28,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if _FAULT_WRITE_DELAY_S:
+            time.sleep(_FAULT_WRITE_DELAY_S)
         os.chmod(tmp, mode)
         os.replace(tmp, target)
     except BaseException:

@@ -103,10 +103,10 @@ def stop_process(proc: subprocess.Popen[bytes], timeout: float = 30.0) -> int:
 class ThreadedDaemon:
     """Runs :class:`ferretd.daemon.Daemon` on a thread so a test can look inside it."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, **kwargs: Any) -> None:
         from ferretd.daemon import Daemon
 
-        self.daemon = Daemon(config)
+        self.daemon = Daemon(config, **kwargs)
         self.exit_code: int | None = None
         self._thread = threading.Thread(target=self._run, name="daemon-under-test", daemon=True)
 

@@ -1,0 +1,127 @@
+"""The test plays systemd: it owns a NOTIFY_SOCKET datagram socket and watches what ferretd says.
+
+READY once sockets are bound, periodic WATCHDOG, STATUS lines, RELOADING then READY around a
+reload, STOPPING on SIGTERM; and WATCHDOG stops while the engine is stalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from ferretd.systemd import Notifier
+from tests.integration.harness import ThreadedDaemon, child_env, config_from, digits, wait_for, write_config
+from transports.client import SamplePublisher
+from transports.zmq_control import ControlClient
+
+
+class FakeSystemd:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.1)
+        self.messages: list[tuple[float, dict[str, str]]] = []
+
+    def collect(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                data = self.sock.recv(4096)
+            except TimeoutError:
+                continue
+            fields = dict(line.split("=", 1) for line in data.decode().splitlines() if "=" in line)
+            self.messages.append((time.monotonic(), fields))
+
+    def with_key(self, key: str) -> list[dict[str, str]]:
+        return [m for _, m in self.messages if key in m]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def systemd(ipc_dir):
+    fake = FakeSystemd(os.path.join(ipc_dir, "notify.sock"))
+    yield fake
+    fake.close()
+
+
+def test_ready_watchdog_status_reloading_stopping(ipc_dir, systemd, tmp_path):
+    path = write_config(ipc_dir)
+    config = config_from(path)
+    env = {**child_env(), "NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "600000"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ferretd.daemon", "--config", str(path)],
+        env=env, stdout=open(tmp_path / "log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not systemd.with_key("READY") and time.monotonic() < deadline:
+            systemd.collect(0.2)
+        ready = systemd.with_key("READY")[0]
+        assert ready["READY"] == "1" and ready["MAINPID"] == str(proc.pid)
+        assert os.path.exists(config.control.endpoint[6:]), "READY only after the sockets are bound"
+        systemd.collect(2.0)
+        pings = [t for t, m in systemd.messages if m.get("WATCHDOG") == "1"]
+        assert len(pings) >= 4, "half of a 0.6 s watchdog interval is a ping every 0.3 s"
+        assert systemd.with_key("STATUS"), "a one-line STATUS accompanies the pings"
+        assert "received" in systemd.with_key("STATUS")[-1]["STATUS"]
+
+        proc.send_signal(signal.SIGHUP)
+        systemd.collect(1.5)
+        kinds = [k for _, m in systemd.messages for k in m if k in ("RELOADING", "READY")]
+        assert kinds.count("RELOADING") == 1 and kinds[-1] == "READY", kinds
+
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        systemd.collect(0.5)
+        assert systemd.with_key("STOPPING")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd):
+    config = config_from(write_config(ipc_dir))
+    notifier = Notifier({"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "400000"})
+    with ThreadedDaemon(config, notifier=notifier) as td:
+        systemd.collect(1.0)
+        assert sum(m.get("WATCHDOG") == "1" for _, m in systemd.messages) >= 3
+
+        release = threading.Event()
+        real_learn_one = td.daemon.learner.learn_one
+
+        def stalled_learn_one(*args, **kwargs):  # the engine hangs on this sample
+            release.wait(30)
+            return real_learn_one(*args, **kwargs)
+
+        td.daemon.learner.learn_one = stalled_learn_one
+        x, y = digits(5)
+        with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
+            for features, label in zip(x, y, strict=True):
+                publisher.publish(features, int(label))
+        try:
+            wait_for(lambda: td.daemon.queue.snapshot().in_flight == 1, what="the stalled sample")
+            systemd.collect(0.5)  # datagrams sent before the stall, still in the socket buffer
+            systemd.messages.clear()
+            systemd.collect(1.5)
+            assert [m for _, m in systemd.messages if m.get("WATCHDOG")] == [], "no pings while stalled"
+        finally:
+            td.daemon.learner.learn_one = real_learn_one
+            release.set()
+        with ControlClient(config.control.endpoint, timeout_s=10) as ctl:
+            health = ctl.call("health").result  # answered off the loop thread even while it hangs
+        assert health["status"] == "healthy", "a stall shorter than lifecycle.STALL_S is not degraded yet"
+
+        wait_for(lambda: td.settled(5), what="training resumes")
+        systemd.messages.clear()
+        systemd.collect(1.0)
+        assert sum(m.get("WATCHDOG") == "1" for _, m in systemd.messages) >= 2, "pings resume"
