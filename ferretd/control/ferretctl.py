@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     endpoint = args.endpoint or config.control.endpoint
     socket_file = ipc_path(endpoint)
-    if args.command == "version":
+    if args.command == "version" and not args.json:
         sys.stdout.write(f"ferretctl {__version__}\n")
     unreachable = EXIT_UNREACHABLE if args.command != "health" else HEALTH_DOWN
     if socket_file and not Path(socket_file).exists():
@@ -221,6 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             if not reply.ok:
                 sys.stderr.write(f"ferretctl: {cmd}: {reply.error}\n")
                 return EXIT_ERROR
+            if cmd == "version":
+                reply.result["ferretctl"] = __version__
             if args.json:
                 sys.stdout.write(json.dumps(reply.result, indent=2, sort_keys=True, default=str) + "\n")
             else:
@@ -235,5 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.write("\n")
 
 
+def run() -> int:
+    """Console entry point: Ctrl-C (e.g. ending ``stats --watch``) exits quietly with 130."""
+    try:
+        return main()
+    except KeyboardInterrupt:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run())
