@@ -13,12 +13,9 @@ Threads and who owns what:
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
-import os
 import queue
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable
@@ -32,11 +29,11 @@ import zmq
 
 from ferretd import __version__, lifecycle
 from ferretd.checkpoint import CheckpointStore
-from ferretd.config import Config, ConfigError, load_config
+from ferretd.config import Config, ConfigError
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.ingest import SampleQueue
 from ferretd.learners import make_learner, plan_from_config
-from ferretd.logs import RateLimitedLog, configure_logging
+from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, RejectReason
 from ferretd.replan import Replanner
 from ferretd.snapshot.exporter import SnapshotExporter
@@ -418,51 +415,3 @@ class Daemon:
         self.state = "stopped"
         self.notifier.close()
         return EXIT_OK
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="ferretd", description="Edge streaming learner daemon (Ferret method).")
-    parser.add_argument("--config", help="TOML config file; embedded defaults without it")
-    parser.add_argument("--check-config", action="store_true", help="validate the config and exit")
-    parser.add_argument("--plan-only", action="store_true", help="print the plan for the config and exit")
-    parser.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
-    parser.add_argument("--version", action="version", version=f"ferretd {__version__}")
-    args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"ferretd: {exc}\n")
-        return EXIT_CONFIG
-    if args.check_config:
-        sys.stdout.write(f"config ok: {args.config or '(embedded defaults)'}\n")
-        return EXIT_OK
-    if args.plan_only:
-        configure_logging("warning")
-        try:
-            plan = plan_from_config(config)
-        except (ConfigError, ValueError) as exc:
-            sys.stderr.write(f"ferretd: {exc}\n")
-            return EXIT_CONFIG
-        sys.stdout.write((plan.to_json() if args.json else plan.describe()) + "\n")
-        return EXIT_OK
-    configure_logging(config.daemon.log_level)
-    os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
-    try:
-        daemon = Daemon(config, config_path=args.config)
-    except ConfigError as exc:
-        sys.stderr.write(f"ferretd: {exc}\n")
-        return EXIT_CONFIG
-    except ValueError as exc:  # e.g. the planner: budget below the smallest feasible plan
-        log.error("startup_failed", error=str(exc))
-        sys.stderr.write(f"ferretd: {exc}\n")
-        return EXIT_CONFIG
-    try:
-        daemon.install_signal_handlers()
-        return daemon.run()
-    except zmq.ZMQError as exc:
-        log.error("socket_setup_failed", error=str(exc))
-        return EXIT_SOCKET
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -51,7 +51,7 @@ def main() -> int:
     print(f"== ferretd demo (runtime and state under {base})")
     daemon_log = open(base / "ferretd.log", "wb")  # noqa: SIM115 - the child process writes it
     infer_log = open(base / "ferret-infer.log", "wb")  # noqa: SIM115
-    daemon = subprocess.Popen([py, "-m", "ferretd.daemon"], env=env, stdout=daemon_log, stderr=subprocess.STDOUT)
+    daemon = subprocess.Popen([py, "-m", "ferretd"], env=env, stdout=daemon_log, stderr=subprocess.STDOUT)
     infer = subprocess.Popen(
         [py, "-m", "ferretd.inference.server"], env=env, stdout=infer_log, stderr=subprocess.STDOUT
     )

@@ -76,7 +76,7 @@ def test_every_rejection_reason_is_counted_and_nothing_accepted_is_lost(ipc_dir,
     path = write_config(ipc_dir, ingest={"max_message_bytes": MAX_BYTES})
     config = config_from(path)
     log_path = tmp_path / "ferretd.log"
-    proc = start_process("ferretd.daemon", path, log_path)
+    proc = start_process("ferretd", path, log_path)
     try:
         wait_for(lambda: os.path.exists(config.control.endpoint[6:]), what="control socket")
         x, y = digits(200)

@@ -50,7 +50,7 @@ def test_sigkill_at_random_moments_never_tears_state(ipc_dir, tmp_path):
         log_path = tmp_path / f"run-{run}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "ferretd.daemon", "--config", str(path)],
+                [sys.executable, "-m", "ferretd", "--config", str(path)],
                 env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
             )  # fmt: skip
         stop = threading.Event()
@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_never_tears_state(ipc_dir, tmp_path):
     final_log = tmp_path / "final.log"
     with open(final_log, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "ferretd.daemon", "--config", str(path)],
+            [sys.executable, "-m", "ferretd", "--config", str(path)],
             env=child_env(), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )  # fmt: skip
     try:

@@ -37,7 +37,7 @@ def live(ipc_dir, tmp_path, request):
     capacity = getattr(request, "param", 4096)
     path = write_config(ipc_dir, ingest={"queue_capacity": capacity})
     config = config_from(path)
-    proc = start_process("ferretd.daemon", path, tmp_path / "ferretd.log")
+    proc = start_process("ferretd", path, tmp_path / "ferretd.log")
     wait_for(lambda: os.path.exists(config.control.endpoint[6:]), what="control socket")
     yield path, config, proc
     stop_process(proc)

@@ -18,7 +18,7 @@ from transports.zmq_control import ControlClient
 def running(ipc_dir, tmp_path):
     path = write_config(ipc_dir, snapshot={"every_updates": 0, "every_seconds": 0.0})
     config = config_from(path)
-    daemon = start_process("ferretd.daemon", path, tmp_path / "ferretd.log")
+    daemon = start_process("ferretd", path, tmp_path / "ferretd.log")
     wait_for(lambda: os.path.exists(config.control.endpoint[6:]), what="control socket")
     yield path, config, daemon
     stop_process(daemon)

@@ -59,7 +59,7 @@ def test_ready_watchdog_status_reloading_stopping(ipc_dir, systemd, tmp_path):
     config = config_from(path)
     env = {**child_env(), "NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "600000"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ferretd.daemon", "--config", str(path)],
+        [sys.executable, "-m", "ferretd", "--config", str(path)],
         env=env, stdout=open(tmp_path / "log", "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
     )  # fmt: skip
     try:

@@ -73,7 +73,7 @@ def test_bad_config_gives_one_clear_line(tmp_path, text, message):
 def test_check_config_cli_exits_2_with_the_line_and_0_when_valid(tmp_path):
     bad = write(tmp_path, "[snapshot]\nkeep = 0\n")
     run = subprocess.run(
-        [sys.executable, "-m", "ferretd.daemon", "--check-config", "--config", str(bad)],
+        [sys.executable, "-m", "ferretd", "--check-config", "--config", str(bad)],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -81,7 +81,7 @@ def test_check_config_cli_exits_2_with_the_line_and_0_when_valid(tmp_path):
     assert run.returncode == 2
     assert run.stderr.strip() == "ferretd: [snapshot] keep: must be >= 1, got 0"
     ok = subprocess.run(
-        [sys.executable, "-m", "ferretd.daemon", "--check-config", "--config", str(ROOT / "configs" / "ferretd.toml")],
+        [sys.executable, "-m", "ferretd", "--check-config", "--config", str(ROOT / "configs" / "ferretd.toml")],
         capture_output=True,
         text=True,
         cwd=ROOT,
