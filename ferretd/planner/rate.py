@@ -4,7 +4,7 @@ Role: the objective of the search (section 1 of the Ferret notes), as a plain fu
 profile and the plan (no torch). R is normalised per arriving sample, so it lies in [0, V]:
 
     R = (1/T) sum_t exp(-c r_t) V share_t
-      ~ V * mean_n [ accepted_n * sum_k share_k * p_k^n * exp(-c r_k^n) ]
+      ~ V * mean_n [ accepted_n * sum_k share_k * (1/a_{n,k}) * p_k^n * exp(-c r_k^n) ]
 
 The sum over stages k generalises "share of parameters D^t updated": stage k holds the share
 ``share_k = |w_k| / |w|`` and is updated at its own time, so each stage has its own delay.
