@@ -74,3 +74,34 @@ def test_sigterm_with_queued_samples_exits_zero_and_accounts_for_all(running, tm
     final = stopped[0]
     assert final["balanced"] and final["queued"] == 0
     assert final["trained"] + final["dropped_total"] == 400
+
+
+def test_infer_keeps_serving_while_the_trainer_restarts(running, tmp_path):
+    path, config, daemon = running
+    x, y = digits(100)
+    with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
+        for features, label in zip(x, y, strict=True):
+            publisher.publish(features, int(label))
+    wait_for(lambda: _status(config)["counters"]["trained"] == 100, what="training")
+    with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
+        seq = ctl.call("snapshot").result["manifest"]["seq"]
+    infer = start_process("ferretd.inference.server", path, tmp_path / "infer.log")
+    client = InferenceClient(config.inference.endpoint, timeout_ms=3000)
+    try:
+        wait_for(lambda: client.info()["model_seq"] == seq, what="serving")
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(10)
+        for features in x[:50]:  # the trainer is gone: predictions continue from the last good model
+            assert client.predict(features).model_seq == seq
+        restarted = start_process("ferretd", path, tmp_path / "ferretd-2.log")
+        try:
+            wait_for(lambda: _status(config)["state"] == "running", what="trainer back")
+            with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
+                newer = ctl.call("snapshot").result["manifest"]["seq"]
+            assert newer > seq, "snapshot numbers continue across restarts"
+            wait_for(lambda: client.info()["model_seq"] == newer, what="infer picks up the restarted trainer's snapshot")
+        finally:
+            assert stop_process(restarted) == 0
+    finally:
+        client.close()
+        assert stop_process(infer) == 0
