@@ -11,9 +11,9 @@ here, in the caller's thread), which enter that worker's async 1F1B pipeline
 
 Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs on
 ``cuda:(j mod ngpu)`` when CUDA is present; a plan naming a CUDA device is obeyed;
-``devices="plan"`` uses the plan's devices as written. CPU lanes get
-``max(1, cores // cpu_lanes)`` torch intra-op threads (never more than already configured;
-the setting is process-wide).
+``devices="plan"`` uses the plan's devices as written. Every lane thread sets its torch
+intra-op threads to ``max(1, cores // cpu_lanes)``, never more than the constructing thread's
+own setting (a per-thread setting; the caller's thread is left as it is).
 
 ``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights and
 momentum (by full-model parameter name) and rebuilds stages, program and lanes. When the
@@ -115,10 +115,9 @@ class PipelineLearner(OnlineLearner):
             self.executor: VirtualExecutor | RealtimeExecutor = VirtualExecutor(self.core, self.program, self.cost)
         else:
             cpu_lanes = sum(1 for (_, s) in self.program.lanes if devs[s].type == "cpu")
-            if cpu_lanes:
-                cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-                torch.set_num_threads(max(1, min(torch.get_num_threads(), cores // cpu_lanes)))
-            self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter)
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+            threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
+            self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
 
     # ------------------------------------------------------------------ OnlineLearner
 

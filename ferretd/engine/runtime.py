@@ -8,8 +8,10 @@ Both executors call the same ``core.execute(action)``; only the driver differs.
 * :class:`RealtimeExecutor`: one thread per lane (worker x stage); a lane waits on its own
   condition (one lock for all) until its program yields a ready action, runs it outside the
   lock, marks it done and wakes only the lanes it can unblock (same worker, stage j-1 / j+1).
-  Lanes of one stage share the stage's device. ``jitter`` (tests) is called before every
-  action to shake the interleaving.
+  Lanes of one stage share the stage's device. Each lane sets its own torch intra-op thread
+  count (``threads``): the setting is per thread, and a fresh thread otherwise starts an OpenMP
+  team as wide as the machine (measured: two lanes then ran four busy threads on two cores).
+  ``jitter`` (tests) is called before every action to shake the interleaving.
 
 Both leave the executed order in ``core.log``; :func:`replay` re-executes a log on a fresh core
 single-threaded and reports any entry whose versions differ.
@@ -22,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 
 import structlog
+import torch
 from torch import Tensor
 
 from ferretd.engine.clock import Key, LaneProgram, StaticProgram, VirtualClock, cost_function, deps, key
@@ -74,10 +77,12 @@ class RealtimeExecutor:
         program: LaneProgram,
         *,
         jitter: Callable[[Action], None] | None = None,
+        threads: int | None = None,
     ) -> None:
         self.core = core
         self.program = program
         self.jitter = jitter
+        self.threads = threads
         lock = threading.Lock()  # guards all executor and program state
         self.cond = threading.Condition(lock)  # drain waits here
         self._wake = {lane: threading.Condition(lock) for lane in program.lanes}
@@ -135,6 +140,9 @@ class RealtimeExecutor:
             return ok
 
     def _lane(self, lane: Lane) -> None:
+        if self.threads is not None:
+            # intra-op threads are a per-thread setting: a new thread would otherwise use every core
+            torch.set_num_threads(self.threads)
         while True:
             with self.cond:
                 while True:

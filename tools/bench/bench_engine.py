@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # as run_all.py: one intra-op thread per thread
+
 import numpy as np
 import psutil
 import torch
@@ -76,6 +78,7 @@ def parallel_capacity(spec: dict[str, Any], microbatch: int) -> float:
     cpu: list[float] = []
 
     def work() -> None:
+        torch.set_num_threads(1)
         c0 = time.thread_time()
         with torch.no_grad():
             for _ in range(10):
