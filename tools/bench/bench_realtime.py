@@ -164,7 +164,7 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
 
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     stream = load_stream("digits", seed=0)
-    passes = 1 if quick else 3
+    passes = 10 if quick else 40
     xs = [stream.x] + [load_stream("digits", seed=k).x for k in range(1, passes)]
     ys = [stream.y] + [load_stream("digits", seed=k).y for k in range(1, passes)]
     import numpy as np
@@ -200,7 +200,11 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
                 )
             )
             reached = publish(daemons, x_all, y_all, rate)
-            results = {d.name: summary(d.drained(len(y_all), 300)) for d in daemons}
+            sent_at = time.monotonic()
+            results = {}
+            for d in daemons:
+                results[d.name] = summary(d.drained(len(y_all), 300))
+                results[d.name]["drained_after_s"] = time.monotonic() - sent_at
         finally:
             for d in daemons:
                 d.stop()
@@ -212,8 +216,8 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "drop_oldest.",
         "",
         "| daemon | engine | plan | received | trained | dropped | online acc % | NoChange % | majority % "
-        "| mean delay ms | predicted memory KiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| mean delay ms | drained s after the last send | predicted memory KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         mem = f"{r['predicted_memory_bytes'] / 1024:.0f}" if r["predicted_memory_bytes"] else "-"
@@ -221,9 +225,15 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         lines.append(
             f"| {name} | {r['engine']} | P{r['stages']} N{r['workers']} | {r['received']} | {r['trained']} | "
             f"{r['dropped']} | {100 * (r['online_accuracy'] or 0):.1f} | {100 * (r['nochange_accuracy'] or 0):.1f} | "
-            f"{100 * (r['majority_accuracy'] or 0):.1f} | {delay} | {mem} |"
+            f"{100 * (r['majority_accuracy'] or 0):.1f} | {delay} | {r['drained_after_s']:.1f} | {mem} |"
         )
-    lines += ["", "Wall-clock run on a shared 2-core machine: numbers vary between runs (not the virtual clock)."]
+    lines += [
+        "",
+        "Wall-clock run on a shared 2-core machine: numbers vary between runs (not the virtual clock). "
+        "'mean delay' is the daemon's arrival-to-update delay of trained samples. The ingest queue bounds only "
+        "samples *waiting* for the loop; samples handed to the pipeline engine are 'in flight' without a bound, "
+        "so an engine slower than the loop builds a backlog instead of dropping.",
+    ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
     return {"title": "Real-time daemons at 4x overload", "markdown": "\n".join(lines), "data": {**data, **results}}
 

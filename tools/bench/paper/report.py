@@ -138,6 +138,7 @@ def plots(
                         100 * np.mean(s["oacc"]),
                         yerr=100 * np.std(s["oacc"]),
                         fmt="os^vDP*Xhd<>p"[k % 13],
+                        color=plt.get_cmap("tab20")(k % 20),
                         ms=5,
                         capsize=2,
                         label=m.split(" (B=")[0],
@@ -272,8 +273,7 @@ def build_report(
                 )
                 lines.append(
                     f"| {m} | {s['plan']} | {s['memory_bytes'] / 1024:.0f} | {vb} | {_ms(s['oacc'])} | "
-                    f"{_ms(s['test'])} | {s['dropped']:.0f} | {scores.split(' | ')[0]} | "
-                    f"{scores.split(' | ')[2]} | {scores.split(' | ')[1]} | {scores.split(' | ')[3]} |"
+                    f"{_ms(s['test'])} | {s['dropped']:.0f} | {scores} |"
                 )
     lines += [
         "",
