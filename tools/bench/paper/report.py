@@ -113,6 +113,7 @@ def plots(
     import matplotlib.pyplot as plt
 
     files = []
+    styles = sorted({m for (_, _, m), s in summ.items() if s["group"] in ("stream", "pipeline")})
     fig, axes = plt.subplots(len(streams), len(loads), figsize=(4 * len(loads), 3.2 * len(streams)), squeeze=False)
     for i, st in enumerate(streams):
         for j, ld in enumerate(loads):
@@ -131,8 +132,9 @@ def plots(
                 lw=1,
                 label="Ferret plans (sweep)",
             )
-            for k, (m, s) in enumerate(sorted(rows.items())):
+            for m, s in sorted(rows.items()):
                 if s["group"] in ("stream", "pipeline"):
+                    k = styles.index(m)
                     ax.errorbar(
                         s["memory_bytes"] / 1024,
                         100 * np.mean(s["oacc"]),
