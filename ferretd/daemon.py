@@ -203,7 +203,10 @@ class Daemon:
                 if self.paused:
                     time.sleep(0.05)
                 else:
-                    for sample in self.queue.take(self.config.training.microbatch, timeout=0.05):
+                    batch = self.queue.take(
+                        self.config.training.microbatch, timeout=0.05, max_in_flight=self.in_flight_cap()
+                    )
+                    for sample in batch:
                         self._process(sample)
                 self._maybe_snapshot()
                 self._maybe_checkpoint()
@@ -216,6 +219,15 @@ class Daemon:
             log.exception("ferretd_failed")
             self.shutdown(final_snapshot=False)
             return EXIT_FAILURE
+
+    def in_flight_cap(self) -> int:
+        """Samples the engine may hold: enough to fill every active worker's pipeline, no more.
+
+        A 1F1B worker keeps at most P microbatches in flight, so N workers x P stages x microbatch
+        samples keep every lane busy; anything beyond that would only wait inside the engine.
+        """
+        plan = self.plan
+        return max(1, len(plan.active_workers) * plan.num_stages * self.config.training.microbatch)
 
     def _training_progressing(self) -> bool:
         """For the watchdog: trained moved, or there is nothing to train, or we are paused on purpose."""
@@ -385,12 +397,11 @@ class Daemon:
         if self.ingest is not None:
             self.ingest.stop()
         deadline = time.monotonic() + self.config.daemon.shutdown_timeout_s
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and len(self.queue):
             self._drain_events()
-            batch = self.queue.take(self.config.training.microbatch, timeout=0)
-            if not batch:
-                break
-            for sample in batch:
+            for sample in self.queue.take(
+                self.config.training.microbatch, timeout=0.05, max_in_flight=self.in_flight_cap()
+            ):
                 self._process(sample)
         dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
         self.learner.flush(timeout=max(0.0, deadline - time.monotonic()))

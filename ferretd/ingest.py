@@ -132,12 +132,22 @@ class SampleQueue:
 
     # ------------------------------------------------------------------ consumer side
 
-    def take(self, max_items: int = 1, timeout: float | None = None) -> list[Sample]:
-        """Pop up to ``max_items`` (waiting up to ``timeout`` for the first); they become in flight."""
+    def take(self, max_items: int = 1, timeout: float | None = None, max_in_flight: int | None = None) -> list[Sample]:
+        """Pop up to ``max_items`` (waiting up to ``timeout`` for the first); they become in flight.
+
+        With ``max_in_flight``, never let more than that many samples be in flight: the rest keep
+        waiting here, where the overflow policy drops the stalest when arrivals outpace training
+        (instead of a backlog growing inside the engine, where every sample gets older).
+        """
+
+        def ready() -> bool:
+            return bool(self._items) and (max_in_flight is None or self._in_flight < max_in_flight)
+
         with self._not_empty:
-            if not self._items and timeout != 0:
-                self._not_empty.wait_for(lambda: bool(self._items), timeout=timeout)
-            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items)))]
+            if not ready() and timeout != 0:
+                self._not_empty.wait_for(ready, timeout=timeout)
+            room = len(self._items) if max_in_flight is None else max(0, max_in_flight - self._in_flight)
+            batch = [self._items.popleft() for _ in range(min(max_items, len(self._items), room))]
             self._in_flight += len(batch)
             return batch
 
@@ -147,6 +157,7 @@ class SampleQueue:
             if self._in_flight <= 0:
                 raise RuntimeError("settle() without a matching take()")
             self._in_flight -= 1
+            self._not_empty.notify()
             if trained:
                 self._trained += 1
             else:

@@ -113,3 +113,18 @@ def test_drop_waiting_counts_shutdown_losses():
         q.offer(sample(i))
     assert q.drop_waiting() == 3
     assert q.snapshot().dropped == {"shutdown": 3}
+
+
+def test_take_respects_the_in_flight_cap_and_settle_wakes_the_taker():
+    q = SampleQueue(100)
+    for i in range(10):
+        q.offer(sample(i))
+    assert len(q.take(8, timeout=0, max_in_flight=3)) == 3
+    assert q.take(8, timeout=0.01, max_in_flight=3) == []
+    woke: list[int] = []
+    taker = threading.Thread(target=lambda: woke.append(len(q.take(8, timeout=5, max_in_flight=3))))
+    taker.start()
+    q.settle(True)
+    taker.join(5)
+    assert woke == [1]
+    assert q.snapshot().in_flight == 3 and q.snapshot().waiting == 6 and q.snapshot().balanced
