@@ -186,6 +186,7 @@ class PlannerConfig:
     max_stages: int = 4
     arrival_interval_s: float = 0.0
     rate_decay: float = 0.1
+    action_overhead_s: float = -1.0
 
     def check(self) -> None:
         if self.arrival_interval_s < 0:

@@ -31,8 +31,9 @@ from ferretd import __version__, lifecycle
 from ferretd.checkpoint import CheckpointStore
 from ferretd.config import Config, ConfigError
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
+from ferretd.engine.plan import Plan
 from ferretd.ingest import SampleQueue
-from ferretd.learners import make_learner, plan_from_config
+from ferretd.learners import learner_kind, make_learner, plan_from_config
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, RejectReason
 from ferretd.replan import Replanner
@@ -58,6 +59,8 @@ class Daemon:
         config_path: str | None = None,
         notifier: Notifier | None = None,
     ) -> None:
+        if config.pipeline.executor != "realtime":
+            raise ConfigError('[pipeline] executor: the daemon runs "realtime"; "virtual" is for tests and benchmarks')
         self.config = config
         self.config_path = config_path
         self.context = context or zmq.Context()
@@ -332,13 +335,27 @@ class Daemon:
             return {"changed": False, "error": str(exc)}
         if new is None:
             return {"changed": False, "plan": self.plan.to_dict()}
-        apply_plan = getattr(self.learner, "apply_plan", None)
-        if apply_plan is None or not apply_plan(new, timeout=self.config.daemon.shutdown_timeout_s):
+        if not self._apply_plan(new):
             log.error("replan_not_applied", detail="in-flight microbatches did not drain in time")
             return {"changed": False, "error": "could not drain in-flight work in time"}
         self.plan = new
         self.notifier.status(status_line(self))
         return {"changed": True, "plan": new.to_dict(), "describe": new.describe()}
+
+    def _apply_plan(self, new: Plan) -> bool:
+        """Switch the engine to ``new`` at a safe point; swap learners when the kind changes."""
+        timeout = self.config.daemon.shutdown_timeout_s
+        kind = learner_kind(new, self.config)
+        if kind == learner_kind(self.plan, self.config) and kind == "pipeline":
+            return self.learner.apply_plan(new, timeout=timeout)  # type: ignore[attr-defined]
+        if not self.learner.flush(timeout=timeout):
+            return False
+        state = self.learner.state_dict()
+        replacement = make_learner(self.config, new)
+        replacement.load_state_dict(lifecycle.adapt_learner_state(state, self.plan, new, kind))
+        self.learner.close()
+        self.learner = replacement
+        return True
 
     def set_budget(self, budget_bytes: int) -> dict[str, Any]:
         """``ferretctl budget``: an absolute cap on the plan's memory (0 clears it), then re-plan."""

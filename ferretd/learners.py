@@ -2,8 +2,8 @@
 
 ``[pipeline] plan = "manual"`` builds the plan from the ``[pipeline]`` keys (P stages cut evenly
 unless ``partition`` is given, N workers, the knobs); ``"auto"`` asks the planner for the plan
-that maximises the predicted adaptation rate within the memory headroom. A manual plan with one stage,
-one worker and no OCL method runs on the plain sequential SGD learner (bitwise the same math, no threads);
+that maximises the predicted adaptation rate within the memory headroom. A plan with one stage, one
+active worker and no OCL method runs on the plain sequential SGD learner (bitwise the same math, no threads);
 anything else runs on the Ferret pipeline engine.
 """
 
@@ -53,13 +53,12 @@ def plan_from_config(config: Config) -> Plan:
 
 
 def is_sequential(plan: Plan, config: Config) -> bool:
-    """Plain SGD suffices: a hand-set single stage and worker without OCL (auto plans may change)."""
-    return (
-        config.pipeline.plan == "manual"
-        and plan.num_stages == 1
-        and len(plan.active_workers) == 1
-        and config.ocl.method == "vanilla"
-    )
+    """Plain SGD suffices: one stage, one active worker, no OCL method (staleness is always 0)."""
+    return plan.num_stages == 1 and len(plan.active_workers) == 1 and config.ocl.method == "vanilla"
+
+
+def learner_kind(plan: Plan, config: Config) -> str:
+    return "sequential" if is_sequential(plan, config) else "pipeline"
 
 
 def make_learner(config: Config, plan: Plan | None = None) -> OnlineLearner:

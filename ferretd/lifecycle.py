@@ -26,6 +26,7 @@ import structlog
 from ferretd.checkpoint import restore_rng, rng_state
 from ferretd.config import Config, load_config
 from ferretd.engine.plan import Plan
+from ferretd.learners import learner_kind
 from ferretd.logs import configure_logging
 
 if TYPE_CHECKING:
@@ -92,7 +93,7 @@ def adapt_learner_state(state: dict[str, Any], saved_plan: Plan | None, plan: Pl
 
 def resume(daemon: Daemon, seq: int, state: dict[str, Any]) -> None:
     saved_plan = Plan.from_dict(state["plan"]) if state.get("plan") else None
-    kind = daemon.learner.status().get("engine", "sequential")
+    kind = learner_kind(daemon.plan, daemon.config)
     daemon.learner.load_state_dict(adapt_learner_state(state["learner"], saved_plan, daemon.plan, kind))
     daemon.load_score_state(state["score"])
     ledger = state["ledger"]

@@ -7,12 +7,15 @@ Decisions: profiles are cached under ``<state_dir>/profiles``. The profile devic
 when CUDA is available, else ``cpu``. ``[planner] arrival_interval_s = 0`` means "unknown": we
 then plan for saturation, taking t_d so that ``max_workers`` workers are just enough
 (t_d = (t_f + t_b) / (microbatch * max_workers)); the daemon may pass the measured interval.
-Memory parameters come from ``[training] momentum`` and ``[compensation] method`` (fitted lambda
+With the real-time executor the rate model also gets the engine's measured per-action overhead
+and the number of CPU cores the lanes share (``planner/overhead.py``); the virtual clock gets
+neither. Memory parameters come from ``[training] momentum`` and ``[compensation] method`` (fitted lambda
 when ``fit = "closed_form"`` or ``eta_lambda > 0``).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -22,6 +25,7 @@ from ferretd.config import Config
 from ferretd.engine.plan import Plan
 from ferretd.planner.headroom import Headroom, read_headroom
 from ferretd.planner.memory import MemoryParams
+from ferretd.planner.overhead import cached_action_overhead
 from ferretd.planner.profile import Profile, Profiler
 from ferretd.planner.rate import RateParams
 from ferretd.planner.search import PlanSearch
@@ -39,7 +43,16 @@ def rate_params_for_config(config: Config, profile: Profile, arrival_interval_s:
     t_d = arrival_interval_s if arrival_interval_s is not None else config.planner.arrival_interval_s
     if not t_d or t_d <= 0:
         t_d = profile.total_time_s / (profile.microbatch * config.planner.max_workers)
-    return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay)
+    realtime: dict[str, float] = {}
+    if config.pipeline.executor == "realtime":
+        # Lanes are threads: charge the engine's per-action overhead, and CPU lanes share the cores.
+        overhead = config.planner.action_overhead_s
+        if overhead < 0:
+            overhead = cached_action_overhead(Path(config.state_dir) / "profiles")
+        realtime["action_overhead_s"] = overhead
+        if not profile.device.startswith("cuda"):
+            realtime["cpu_cores"] = float(len(os.sched_getaffinity(0)))
+    return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay, **realtime)
 
 
 def profile_for_config(config: Config, profiler: Profiler | None = None) -> Profile:

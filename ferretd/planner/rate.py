@@ -37,6 +37,13 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
    falls in the window or not). Stage k is updated with ``p_k = prod_{j>=k, o_{n,j}} fresh_j``.
 5. ``c = decay_per_arrival / t_d``: delay is measured in arrival intervals (decay 0.1 means a
    delay of ten arrivals is worth ``e^-1``).
+6. Real-time lanes on CPU cores (``action_overhead_s`` > 0 or finite ``cpu_cores``; the
+   virtual clock leaves both off). Every F, B and U action costs the engine ``o`` seconds of
+   Python bookkeeping beyond the block's compute, and that part holds the GIL, so it does not
+   overlap across lanes: ``F_j += o``, ``B_j += 2 o`` (B and U). All active workers' lanes share
+   ``C`` cores, so a worker's service interval is at least
+   ``N * (compute_n / C + 3 P o)``, where ``compute_n`` is its compute per microbatch. This is
+   what makes four stages of a tiny MLP slower than one lane on a 2-core box, as measured.
 
 This is a ranking model for the planner, not a simulator: the bench checks that its order of
 configurations agrees with online accuracy measured in the engine's virtual clock (Spearman).
@@ -59,6 +66,8 @@ class RateParams:
     decay_per_arrival: float = 0.1
     value: float = 1.0
     window_average: bool = True
+    action_overhead_s: float = 0.0
+    cpu_cores: float = math.inf
 
     def __post_init__(self) -> None:
         if not self.arrival_interval_s > 0:
@@ -88,7 +97,10 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
     if profile.num_blocks != plan.num_blocks:
         raise ValueError(f"profile has {profile.num_blocks} blocks but the plan {plan.num_blocks}")
     p = plan.num_stages
-    fwd, bwd = _stage_times(profile, plan)
+    fwd_compute, bwd_compute = _stage_times(profile, plan)
+    overhead = params.action_overhead_s
+    fwd = [f + overhead for f in fwd_compute]
+    bwd = [b + 2 * overhead for b in bwd_compute]
     wsizes = [profile.stage_param_bytes(s, e) for s, e in plan.stage_blocks()]
     total_w = sum(wsizes) or 1
     shares = [w / total_w for w in wsizes]
@@ -104,6 +116,10 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         r = plan.workers[n].recompute
         bwd_eff[n] = [bwd[j] + (fwd[j] if r else 0.0) for j in range(p)]
         service[n] = max(fwd[j] + bwd_eff[n][j] for j in range(p))
+        if math.isfinite(params.cpu_cores) or overhead:
+            compute = sum(fwd_compute) + sum(bwd_compute) + (sum(fwd_compute) if r else 0.0)
+            shared = n_active * (compute / params.cpu_cores + 3 * p * overhead)
+            service[n] = max(service[n], shared)
     # updates per second at each stage, from all workers
     upd_rate = [
         sum(1.0 / (max(service[m], interval) * plan.workers[m].accumulation[j]) for m in active) for j in range(p)

@@ -99,7 +99,7 @@ def test_infer_keeps_serving_while_the_trainer_restarts(running, tmp_path):
             with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
                 newer = ctl.call("snapshot").result["manifest"]["seq"]
             assert newer > seq, "snapshot numbers continue across restarts"
-            wait_for(lambda: client.info()["model_seq"] == newer, what="infer picks up the restarted trainer's snapshot")
+            wait_for(lambda: client.info()["model_seq"] == newer, what="infer follows the restarted trainer")
         finally:
             assert stop_process(restarted) == 0
     finally:
