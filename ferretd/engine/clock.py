@@ -206,7 +206,7 @@ class VirtualClock:
                 self.done.pop((kind, s, microbatch), None)
 
     def run(self, until: float | None = None) -> None:
-        """Process every event with time ``<= until`` (all of them when None)."""
+        """Process every event with time ``<= until`` and move the clock to ``until`` (None: to the end)."""
         while True:
             while self._arrivals and self._arrivals[0][0] <= self.now:
                 at, m, w = heapq.heappop(self._arrivals)
@@ -237,12 +237,11 @@ class VirtualClock:
             later = [t for t in self.lane_free.values() if t > self.now]
             if self._arrivals:
                 later.append(self._arrivals[0][0])
-            if not later:
+            if not later or (until is not None and min(later) > until):
+                if until is not None:
+                    self.now = max(self.now, until)  # every event up to ``until`` has happened
                 return
-            nxt = min(later)
-            if until is not None and nxt > until:
-                return
-            self.now = nxt
+            self.now = min(later)
 
     def stuck(self) -> dict[Lane, str]:
         return {ln: self.program.describe_wait(ln) for ln in self.program.lanes if self.program.describe_wait(ln)}

@@ -119,6 +119,18 @@ class PipelineLearner(OnlineLearner):
             threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
             self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
 
+    def in_flight_capacity(self) -> int:
+        """Samples the engine should hold to keep every lane busy and finish without a flush.
+
+        ``N_active x microbatch x max(P, largest accumulation)``: a worker's pipeline holds P
+        microbatches, and a sample is reported only when the accumulation window of the lowest
+        stage it reaches closes, which takes ``a`` microbatches of that worker. A caller that
+        caps what it hands over below this must call ``flush`` to make progress.
+        """
+        plan = self.plan
+        a_max = max(max(plan.workers[w].accumulation) for w in self.active)
+        return len(self.active) * self.training.microbatch * max(plan.num_stages, a_max)
+
     # ------------------------------------------------------------------ OnlineLearner
 
     @property

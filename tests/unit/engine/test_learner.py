@@ -209,3 +209,26 @@ def test_apply_plan_with_a_stateful_compensator(make_mlp, stream, method):
     _feed(learner, x[12:], y[12:])
     assert learner.flush()
     assert all(torch.isfinite(v).all() for v in learner.core.full_state().values())
+
+
+@pytest.mark.parametrize(("accumulation", "workers"), [(1, 1), (3, 2), (2, 3)])
+def test_in_flight_capacity_is_enough_to_finish_without_flush(make_mlp, stream, accumulation, workers):
+    """Feed only as many samples as the capacity allows in flight: everything still completes."""
+    x, y = stream(60)
+    tr = TrainingConfig(lr=0.05, microbatch=2)
+    plan = Plan.uniform(3, (1,), workers=workers, accumulation=accumulation)
+    learner = PipelineLearner(make_mlp(), plan, tr, executor="virtual", t_d=0.1)
+    cap = learner.in_flight_capacity()
+    assert cap == workers * 2 * max(2, accumulation)
+    outcomes: list[LearnOutcome] = []
+    fed = 0
+    for _ in range(10_000):
+        while fed < len(x) and fed - len(outcomes) < cap:
+            learner.learn_one(x[fed], int(y[fed]), outcomes.append)
+            fed += 1
+        if fed == len(x) and len(outcomes) >= fed - (fed % (workers * 2 * accumulation)):
+            break
+        learner.executor.clock.run(until=learner.executor.clock.now + 1.0)
+    # all but a final partial window completed without any flush
+    assert len(outcomes) >= len(x) - workers * 2 * accumulation
+    assert learner.flush() and len(outcomes) == len(x)
