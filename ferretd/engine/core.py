@@ -21,8 +21,9 @@ Rules (decisions written down, see also versions.py and simulate.py, which mirro
 * A sample is done (``on_done`` fires once) when the update of the lowest stage its backward
   reached is applied; a microbatch skipped at the last stage is reported dropped.
 
-The log appends ``F`` and ``U`` entries under the stage's store lock, in the same critical
-section as the pin / publish, so replaying the log in order reproduces every version exactly.
+The log appends every entry under the stage's store lock, in the same critical section as the
+decision it records (``F``: the pin; ``B``: the omission check; ``U``: the publish), so replaying
+the log in order, single-threaded, reproduces every version exactly (tested under jitter).
 """
 
 from __future__ import annotations
