@@ -224,13 +224,15 @@ class Daemon:
             return EXIT_FAILURE
 
     def in_flight_cap(self) -> int:
-        """Samples the engine may hold: enough to fill every active worker's pipeline, no more.
+        """Samples the engine may hold: enough to keep every active lane busy, no more.
 
-        A 1F1B worker keeps at most P microbatches in flight, so N workers x P stages x microbatch
-        samples keep every lane busy; anything beyond that would only wait inside the engine.
+        Beyond that, samples would only grow older inside the engine; held back, they wait in the
+        bounded queue where the overflow policy drops the stalest. The pipeline engine knows its
+        own depth (workers x microbatch x max(P, accumulation): an accumulation window must fill
+        before its samples complete); the sequential learner holds one microbatch.
         """
-        plan = self.plan
-        return max(1, len(plan.active_workers) * plan.num_stages * self.config.training.microbatch)
+        capacity = getattr(self.learner, "in_flight_capacity", None)
+        return max(1, capacity()) if capacity is not None else self.config.training.microbatch
 
     def _training_progressing(self) -> bool:
         """For the watchdog: trained moved, or there is nothing to train, or we are paused on purpose."""

@@ -54,3 +54,18 @@ def test_pipeline_engine_in_the_daemon(ipc_dir):
         assert re.search(r"stage 1\s+staleness max \d+", table.stdout), table.stdout
         assert "lambda" in table.stdout and "lane utilisation" in table.stdout
     assert td.exit_code == 0
+
+
+def test_accumulation_beyond_the_stage_count_still_trains_everything(ipc_dir):
+    """The in-flight cap must let an accumulation window (a=4 > P=2) fill, or training stalls."""
+    config = config_from(write_config(ipc_dir, pipeline={"stages": 2, "workers": 2, "accumulation": 4}))
+    x, y = digits(200)
+    with ThreadedDaemon(config) as td:
+        with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
+            for features, label in zip(x, y, strict=True):
+                publisher.publish(features, int(label))
+        wait_for(lambda: td.daemon.queue.snapshot().received == 200, what="all received")
+        wait_for(lambda: td.daemon.queue.snapshot().waiting == 0, what="queue drained into the engine")
+    final = td.daemon.queue.snapshot()
+    assert td.exit_code == 0 and final.balanced and final.trained + sum(final.dropped.values()) == 200
+    assert final.trained >= 190, "partial windows are applied on shutdown; nothing is stuck"
