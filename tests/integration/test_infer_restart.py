@@ -29,15 +29,20 @@ def _status(config):
         return ctl.call("status").result
 
 
-def test_restarted_infer_loads_latest_without_a_new_snapshot(running, tmp_path):
-    path, config, _daemon = running
-    x, y = digits(150)
+def _train_and_snapshot(config, n: int) -> tuple:
+    """Publish ``n`` digits, wait until trained, force a snapshot; returns (x, its seq)."""
+    x, y = digits(n)
     with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
         for features, label in zip(x, y, strict=True):
             publisher.publish(features, int(label))
-    wait_for(lambda: _status(config)["counters"]["trained"] == 150, what="training")
+    wait_for(lambda: _status(config)["counters"]["trained"] == n, what="training")
     with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
-        seq = ctl.call("snapshot").result["manifest"]["seq"]
+        return x, ctl.call("snapshot").result["manifest"]["seq"]
+
+
+def test_restarted_infer_loads_latest_without_a_new_snapshot(running, tmp_path):
+    path, config, _daemon = running
+    x, seq = _train_and_snapshot(config, 150)
 
     infer = start_process("ferretd.inference.server", path, tmp_path / "infer1.log")
     client = InferenceClient(config.inference.endpoint, timeout_ms=3000)
@@ -78,13 +83,7 @@ def test_sigterm_with_queued_samples_exits_zero_and_accounts_for_all(running, tm
 
 def test_infer_keeps_serving_while_the_trainer_restarts(running, tmp_path):
     path, config, daemon = running
-    x, y = digits(100)
-    with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
-        for features, label in zip(x, y, strict=True):
-            publisher.publish(features, int(label))
-    wait_for(lambda: _status(config)["counters"]["trained"] == 100, what="training")
-    with ControlClient(config.control.endpoint, timeout_s=30) as ctl:
-        seq = ctl.call("snapshot").result["manifest"]["seq"]
+    x, seq = _train_and_snapshot(config, 100)
     infer = start_process("ferretd.inference.server", path, tmp_path / "infer.log")
     client = InferenceClient(config.inference.endpoint, timeout_ms=3000)
     try:
