@@ -12,12 +12,17 @@ program) before running it. The bookkeeping mirrors the engine's rules exactly (
 
 A deadlock (work left that can never become ready) is reported with the grid of
 :func:`~ferretd.engine.schedule.render_grid`.
+
+With ``stage_bytes`` (bytes of one copy of each stage's weights) the dry run also reports the
+peak over time of the weight-sized memory the engine holds at once, summed over stages: live
+versions, their deltas when ``keep_deltas``, and the gradients waiting in accumulation windows.
+Each component peaks at its own moment; the planner uses this joint peak as its expectation.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ferretd.engine.clock import LaneProgram, StaticProgram, VirtualClock, cost_function
@@ -34,6 +39,7 @@ class SimReport:
     max_live_versions: list[int]
     updates: list[int]
     skipped_backwards: int
+    peak_held_bytes: int = 0
     events: list[tuple[Action, float, float]] = field(default_factory=list)
     grid: str = ""
     stuck: dict[Lane, str] = field(default_factory=dict)
@@ -50,8 +56,17 @@ class SimReport:
 class _Book:
     """Version bookkeeping of the engine, without tensors."""
 
-    def __init__(self, num_stages: int, omit: Collection[Lane]) -> None:
+    def __init__(
+        self,
+        num_stages: int,
+        omit: Collection[Lane],
+        stage_bytes: Sequence[int] | None = None,
+        keep_deltas: bool = False,
+    ) -> None:
         self.p = num_stages
+        self.stage_bytes = list(stage_bytes) if stage_bytes is not None else None
+        self.keep_deltas = keep_deltas
+        self.peak_held = 0
         self.omit = set(omit)
         self.current = [0] * num_stages
         self.pins: list[Counter[int]] = [Counter() for _ in range(num_stages)]
@@ -63,11 +78,29 @@ class _Book:
         self.updates = [0] * num_stages
         self.skipped = 0
 
+    def _live_count(self, s: int) -> int:
+        return len({v for v, c in self.pins[s].items() if c > 0} | {self.current[s]})
+
     def _live(self, s: int) -> None:
-        live = {v for v, c in self.pins[s].items() if c > 0} | {self.current[s]}
-        self.max_live[s] = max(self.max_live[s], len(live))
+        self.max_live[s] = max(self.max_live[s], self._live_count(s))
+
+    def _held(self) -> None:
+        if self.stage_bytes is None:
+            return
+        grads = [0] * self.p
+        for (_worker, s), window in self.window.items():
+            grads[s] += len(window)
+        total = 0
+        for s, w in enumerate(self.stage_bytes):
+            live = self._live_count(s)
+            total += w * (live + (live - 1 if self.keep_deltas else 0) + grads[s])
+        self.peak_held = max(self.peak_held, total)
 
     def execute(self, a: Action) -> None:
+        self._execute(a)
+        self._held()
+
+    def _execute(self, a: Action) -> None:
         s, m = a.stage, a.microbatch
         if a.kind == "F":
             v = self.current[s]
@@ -111,6 +144,8 @@ def simulate(
     owner: Mapping[int, int] | None = None,
     omit: Collection[Lane] = (),
     recompute_workers: Collection[int] = (),
+    stage_bytes: Sequence[int] | None = None,
+    keep_deltas: bool = False,
 ) -> SimReport:
     """Dry-run ``schedule`` (or an online program fed ``owner``'s microbatches at ``arrivals``)."""
     program = StaticProgram(schedule) if isinstance(schedule, Schedule) else schedule
@@ -119,7 +154,7 @@ def simulate(
             raise ValueError("an online program needs owner = {microbatch: worker}")
         owner = schedule.owner
     cost_fn = cost if callable(cost) else cost_function(cost, recompute_workers)
-    book = _Book(program.num_stages, omit)
+    book = _Book(program.num_stages, omit, stage_bytes, keep_deltas)
     clock = VirtualClock(program, cost_fn, book.execute)
     clock.arrive_all(owner, arrivals)
     flushing = hasattr(program, "flushing")
@@ -141,6 +176,7 @@ def simulate(
         max_live_versions=book.max_live,
         updates=book.updates,
         skipped_backwards=book.skipped,
+        peak_held_bytes=book.peak_held,
         events=clock.events,
         grid=grid,
         stuck=stuck,

@@ -48,9 +48,13 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ferretd.engine.plan import Plan
 from ferretd.planner.profile import Profile
+
+if TYPE_CHECKING:
+    from ferretd.engine.simulate import SimReport
 
 SIM_SPACINGS = (0.0, 0.1, 0.35, 0.7, 2.0, 6.0)
 
@@ -160,6 +164,29 @@ def expected_versions(profile: Profile, plan: Plan, arrival_interval_s: float) -
     enters when its last sample arrives), profiled stage costs (recompute adds a forward), replayed
     by the engine's bookkeeping. What the virtual clock will show; real time may drift towards
     :func:`plan_versions`."""
+    return tuple(_expected_run(profile, plan, arrival_interval_s).max_live_versions)
+
+
+def expected_memory(profile: Profile, plan: Plan, params: MemoryParams, arrival_interval_s: float) -> int:
+    """Expected peak footprint: like :func:`predict_memory` with :func:`expected_versions`, but the
+    weight-sized parts that come and go (live versions, their deltas, gradients waiting in
+    accumulation windows) are taken at their *joint* peak over the replayed run rather than each
+    at its own peak, which over-counts when the peaks fall at different times (e.g. workers'
+    accumulation windows fill in turn)."""
+    versions = expected_versions(profile, plan, arrival_interval_s)
+    parts = predict_memory(profile, plan, params, versions=versions)
+    weights = [profile.stage_param_bytes(s, e) for s, e in plan.stage_blocks()]
+    held = _expected_run(profile, plan, arrival_interval_s, weights, params.keep_deltas).peak_held_bytes
+    return parts.total_bytes - parts.version_bytes - parts.delta_bytes - parts.grad_bytes + held
+
+
+def _expected_run(
+    profile: Profile,
+    plan: Plan,
+    arrival_interval_s: float,
+    stage_bytes: Sequence[int] | None = None,
+    keep_deltas: bool = False,
+) -> SimReport:
     from ferretd.engine.clock import OnlineProgram, cost_function
     from ferretd.engine.simulate import simulate
 
@@ -185,8 +212,10 @@ def expected_versions(profile: Profile, plan: Plan, arrival_interval_s: float) -
             arrivals[m], owner[m] = i * arrival_interval_s, k
     acc = {(k, j): plan.workers[n].accumulation[j] for k, n in enumerate(active) for j in range(p)}
     omit = {(k, j) for k, n in enumerate(active) for j in range(p) if plan.workers[n].omit[j]}
-    report = simulate(OnlineProgram(p, acc), cost, arrivals=arrivals, owner=owner, omit=omit)
-    return tuple(report.max_live_versions)
+    return simulate(
+        OnlineProgram(p, acc), cost, arrivals=arrivals, owner=owner, omit=omit, stage_bytes=stage_bytes,
+        keep_deltas=keep_deltas,
+    )  # fmt: skip
 
 
 def worker_activation_bytes(profile: Profile, plan: Plan, worker: int, stage: int) -> int:

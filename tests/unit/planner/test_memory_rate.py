@@ -148,3 +148,25 @@ def test_expected_versions_within_bound(six_block_profile, workers: int) -> None
         if workers == 1 and t_d == 0.0005:  # saturated single worker: the notes' formula
             assert expected == bound == (4, 3, 2, 1)
     assert expected == (1, 1, 1, 1)  # a slow stream never overlaps microbatches
+
+
+def test_joint_peak_of_versions_deltas_and_windows(make_profile) -> None:
+    """The replay's joint peak: by hand for one worker, and below the sum of peaks when workers'
+    accumulation windows fill in turn."""
+    from ferretd.engine.clock import OnlineProgram
+    from ferretd.engine.simulate import simulate
+    from ferretd.planner.memory import MemoryParams, expected_memory, expected_versions, predict_memory
+
+    one = simulate(OnlineProgram(1, {(0, 0): 2}), {(0, "F"): 1.0, (0, "B"): 1.0, (0, "U"): 0.0},
+                   arrivals={m: float(m) for m in range(6)}, owner=dict.fromkeys(range(6), 0),
+                   stage_bytes=[100])  # fmt: skip
+    assert one.peak_held_bytes == 100 * (1 + 2), "current version + a full window of 2 gradients"
+
+    profile = make_profile([1e-3, 1e-3, 1e-3])
+    plan = Plan.uniform(3, (1, 2), 2, recompute=True, accumulation=2)
+    params = MemoryParams.for_training(0.0, "none")
+    t_d = 1e-3 / 4
+    summed = predict_memory(profile, plan, params, versions=expected_versions(profile, plan, t_d)).total_bytes
+    joint = expected_memory(profile, plan, params, t_d)
+    assert joint < summed, "two workers' windows are not full at the same moment"
+    assert joint <= predict_memory(profile, plan, params).total_bytes
