@@ -84,8 +84,8 @@ class Daemon:
         self.events: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
         self._signals: list[int] = []
         self._stop_requested = False
-        self._last_snapshot_updates = 0
-        self._last_snapshot_time = time.monotonic()
+        self.snapshot_cadence = lifecycle.Cadence()
+        self.checkpoint_cadence = lifecycle.Cadence()
         self._delay_lock = threading.Lock()  # engines settle samples from their own threads
         self._delay_sum = 0.0
         self._delay_count = 0
@@ -93,15 +93,14 @@ class Daemon:
         self.loop_heartbeat = time.monotonic()
         self.last_progress_at = time.monotonic()
         self._last_trained = 0
-        self._last_checkpoint_updates = 0
-        self._last_checkpoint_time = time.monotonic()
         self.ingest: IngestServer | None = None
         self.control: ControlServer | None = None
         self.snapshots: SnapshotService | None = None
         found = self.checkpoints.newest_valid()
         if found is not None:
             lifecycle.resume(self, *found)
-            self._last_snapshot_updates = self._last_checkpoint_updates = self.learner.updates
+            self.snapshot_cadence.mark(self.learner.updates)
+            self.checkpoint_cadence.mark(self.learner.updates)
             self._last_trained = self.queue.snapshot().trained
 
     # ------------------------------------------------------------------ ingest thread
@@ -278,19 +277,13 @@ class Daemon:
         """Flush the engine and write the full learning state (loop thread only)."""
         self.learner.flush(timeout=self.config.daemon.shutdown_timeout_s)
         path = self.checkpoints.save(lifecycle.checkpoint_state(self, reason))
-        self._last_checkpoint_updates = self.learner.updates
-        self._last_checkpoint_time = time.monotonic()
+        self.checkpoint_cadence.mark(self.learner.updates)
         log.info("checkpoint_saved", path=path.name, updates=self.learner.updates, reason=reason)
         return str(path)
 
     def _maybe_checkpoint(self) -> None:
         cfg = self.config.checkpoint
-        fresh = self.learner.updates - self._last_checkpoint_updates
-        if fresh <= 0:
-            return
-        due_updates = cfg.every_updates and fresh >= cfg.every_updates
-        due_time = cfg.every_seconds and time.monotonic() - self._last_checkpoint_time >= cfg.every_seconds
-        if due_updates or due_time:
+        if self.checkpoint_cadence.due(self.learner.updates, cfg.every_updates, cfg.every_seconds):
             try:
                 self.checkpoint_now("periodic")
             except OSError as exc:
@@ -373,18 +366,14 @@ class Daemon:
 
     def _maybe_snapshot(self) -> None:
         cfg = self.config.snapshot
-        fresh = self.learner.updates - self._last_snapshot_updates
-        if fresh <= 0 or self.exporter.busy:
-            return
-        due_updates = cfg.every_updates and fresh >= cfg.every_updates
-        due_time = cfg.every_seconds and time.monotonic() - self._last_snapshot_time >= cfg.every_seconds
-        if due_updates or due_time:
+        if not self.exporter.busy and self.snapshot_cadence.due(
+            self.learner.updates, cfg.every_updates, cfg.every_seconds
+        ):
             self.snapshot_now()
 
     def snapshot_now(self) -> concurrent.futures.Future[Any]:
         """Hand a consistent copy of the weights to the exporter (loop thread only)."""
-        self._last_snapshot_updates = self.learner.updates
-        self._last_snapshot_time = time.monotonic()
+        self.snapshot_cadence.mark(self.learner.updates)
         return self.exporter.submit(
             self.learner.export_module(),
             updates=self.learner.updates,
@@ -429,7 +418,7 @@ class Daemon:
                 self.checkpoint_now("shutdown")
             except Exception:
                 log.exception("final_checkpoint_failed")
-        if final_snapshot and self.learner.updates > self._last_snapshot_updates:
+        if final_snapshot and self.learner.updates > self.snapshot_cadence.last_updates:
             try:
                 self.snapshot_now().result(timeout=max(5.0, deadline - time.monotonic()))
             except Exception:

@@ -38,6 +38,32 @@ STALL_S = 30.0
 LIVE_SECTIONS = ("snapshot", "checkpoint", "planner")
 
 
+# --------------------------------------------------------------------------- cadence
+
+
+class Cadence:
+    """"Every K updates or S seconds, if there are new updates" (snapshots and checkpoints).
+
+    The limits are passed on each call, so a config reload takes effect at once; 0 turns one off.
+    """
+
+    def __init__(self) -> None:
+        self.last_updates = 0
+        self.last_time = time.monotonic()
+
+    def due(self, updates: int, every_updates: int, every_seconds: float) -> bool:
+        fresh = updates - self.last_updates
+        if fresh <= 0:
+            return False
+        if every_updates and fresh >= every_updates:
+            return True
+        return bool(every_seconds) and time.monotonic() - self.last_time >= every_seconds
+
+    def mark(self, updates: int) -> None:
+        self.last_updates = updates
+        self.last_time = time.monotonic()
+
+
 # --------------------------------------------------------------------------- checkpoints
 
 

@@ -71,3 +71,16 @@ def test_ferretctl_usage_errors_exit_2(argv):
     with pytest.raises(SystemExit) as info:
         ferretctl_main(argv)
     assert info.value.code == 2
+
+
+def test_cadence_every_k_updates_or_s_seconds_with_new_updates():
+    from ferretd.lifecycle import Cadence
+
+    cadence = Cadence()
+    assert not cadence.due(0, 5, 0.0), "no new updates, never due"
+    assert not cadence.due(4, 5, 0.0) and cadence.due(5, 5, 0.0)
+    cadence.mark(5)
+    assert not cadence.due(9, 5, 0.0) and not cadence.due(9, 0, 3600.0)
+    cadence.last_time -= 3601
+    assert cadence.due(6, 0, 3600.0), "time-based, once there is a new update"
+    assert not cadence.due(5, 0, 3600.0)
