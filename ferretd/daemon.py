@@ -71,7 +71,7 @@ class Daemon:
         self.decoder = SampleDecoder(
             config.model.input_shape, config.model.num_classes, config.ingest.max_message_bytes
         )
-        self.replanner = Replanner(config)
+        self.replanner = Replanner(config, arrival_fn=self.queue.arrival_interval_s)
         self.plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
         self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)

@@ -91,20 +91,35 @@ class SampleQueue:
         self._seq_gaps = 0
         self._seq_resets = 0
         self.last_received_at = 0.0
+        self._interval_ema: float | None = None
+        self._intervals = 0
 
     # ------------------------------------------------------------------ producer side
+
+    def _arrived(self) -> None:
+        now = time.monotonic()
+        if self.last_received_at:
+            gap = now - self.last_received_at
+            self._interval_ema = gap if self._interval_ema is None else 0.99 * self._interval_ema + 0.01 * gap
+            self._intervals += 1
+        self.last_received_at = now
+
+    def arrival_interval_s(self, min_samples: int = 100) -> float | None:
+        """Mean time between frames (EMA over about the last 100); None until ``min_samples`` arrived."""
+        with self._lock:
+            return self._interval_ema if self._intervals >= min_samples else None
 
     def reject(self, reason: RejectReason) -> None:
         with self._lock:
             self._received += 1
             self._invalid[reason.value] += 1
-            self.last_received_at = time.monotonic()
+            self._arrived()
 
     def offer(self, sample: Sample) -> bool:
         """Enqueue an accepted sample; False when the overflow policy refused or evicted one."""
         with self._lock:
             self._received += 1
-            self.last_received_at = time.monotonic()
+            self._arrived()
             self._track_sequence(sample.device, sample.seq)
             if len(self._items) >= self.capacity:
                 self._dropped[DropReason.QUEUE_FULL.value] += 1

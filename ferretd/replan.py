@@ -9,8 +9,12 @@ out the budget a new plan may use::
 The running plan's own predicted footprint is added back because psutil and the cgroup already
 count it as used, and switching plans releases it. Caps are absolute limits on the plan.
 
+The load matters too: unless ``[planner] arrival_interval_s`` fixes it, plans are made for the
+arrival interval measured at ingest (the first plan, before any sample, assumes saturation).
+
 A new plan is searched when the running one no longer fits, when the budget moved by more than
-``[planner] hysteresis`` (a fraction) from the one the plan was made for, or on
+``[planner] hysteresis`` (a fraction) from the one the plan was made for, when the measured
+arrival interval moved by more than a factor of 2 from the one it was made for, or on
 ``ferretctl replan`` / ``ferretctl budget``. It is applied only if it differs from the running
 plan, through ``learner.apply_plan`` at a safe point: the loop stops feeding samples (the queue
 keeps accepting them), in-flight microbatches finish, then the engine rebuilds its lanes with
@@ -35,13 +39,15 @@ from ferretd.planner.headroom import Headroom, read_headroom
 log = structlog.get_logger(__name__)
 
 HeadroomFn = Callable[[], Headroom]
-PlanFn = Callable[[Config, Headroom], Plan]
+ArrivalFn = Callable[[], float | None]
+PlanFn = Callable[[Config, Headroom, float | None], Plan]
+LOAD_FACTOR = 2.0
 
 
-def _plan_with_planner(config: Config, headroom: Headroom) -> Plan:
+def _plan_with_planner(config: Config, headroom: Headroom, arrival_interval_s: float | None) -> Plan:
     from ferretd.planner import plan_for_config
 
-    return plan_for_config(config, headroom=headroom)
+    return plan_for_config(config, headroom=headroom, arrival_interval_s=arrival_interval_s)
 
 
 def plan_shape(plan: Plan) -> dict[str, Any]:
@@ -59,10 +65,12 @@ class Replanner:
         *,
         headroom_fn: HeadroomFn | None = None,
         plan_fn: PlanFn = _plan_with_planner,
+        arrival_fn: ArrivalFn | None = None,
     ) -> None:
         self.config = config
         self._headroom_fn = headroom_fn or (lambda: read_headroom(0, config.planner.safety_factor))
         self._plan_fn = plan_fn
+        self._arrival_fn = arrival_fn or (lambda: None)
         self.override_bytes: int | None = None
         self.headroom: Headroom | None = None
         self.replans = 0
@@ -94,9 +102,15 @@ class Replanner:
             sources=sources,
         )
 
+    def measured_arrival_interval(self) -> float | None:
+        """The ingest's measured interval, unless the config fixes the planning interval."""
+        if self.config.planner.arrival_interval_s > 0:
+            return None
+        return self._arrival_fn()
+
     def initial_plan(self) -> Plan:
         self.headroom = self.budget(None)
-        return self._plan_fn(self.config, self.headroom)
+        return self._plan_fn(self.config, self.headroom, self.measured_arrival_interval())
 
     def due(self) -> bool:
         return self.auto and time.monotonic() >= self._next_check
@@ -110,9 +124,14 @@ class Replanner:
         made_for = running.budget_bytes or headroom.budget_bytes
         moved = abs(headroom.budget_bytes - made_for) / max(made_for, 1)
         over = (running.predicted_memory_bytes or 0) > headroom.budget_bytes
-        if not (force or over or moved > self.config.planner.hysteresis):
+        arrival = self.measured_arrival_interval()
+        planned_for = running.extra.get("arrival_interval_s") or 0.0
+        load_moved = bool(arrival and planned_for) and max(arrival / planned_for, planned_for / arrival) > LOAD_FACTOR
+        if load_moved and reason == "headroom":
+            reason = "arrival rate"
+        if not (force or over or load_moved or moved > self.config.planner.hysteresis):
             return None
-        new = self._plan_fn(self.config, headroom)
+        new = self._plan_fn(self.config, headroom, arrival)
         self.headroom = headroom
         if plan_shape(new) == plan_shape(running):
             return None

@@ -128,3 +128,17 @@ def test_take_respects_the_in_flight_cap_and_settle_wakes_the_taker():
     taker.join(5)
     assert woke == [1]
     assert q.snapshot().in_flight == 3 and q.snapshot().waiting == 6 and q.snapshot().balanced
+
+
+def test_arrival_interval_is_measured_after_enough_frames(monkeypatch):
+    import ferretd.ingest as ingest
+
+    clock = iter(i * 0.01 for i in range(1, 1000))
+    monkeypatch.setattr(ingest.time, "monotonic", lambda: next(clock))
+    q = SampleQueue(1000)
+    for i in range(50):
+        q.offer(sample(i))
+    assert q.arrival_interval_s() is None, "too few frames to say"
+    for i in range(50, 150):
+        q.reject(RejectReason.MALFORMED) if i % 10 == 0 else q.offer(sample(i))
+    assert q.arrival_interval_s() == pytest.approx(0.01)

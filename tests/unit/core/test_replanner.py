@@ -14,11 +14,19 @@ from ferretd.replan import Replanner
 MiB = 1 << 20
 
 
-def fake_planner(config, headroom):
-    """More budget, more workers: one worker per 10 MiB, at most 4; each worker 'costs' 8 MiB."""
+def fake_planner(config, headroom, arrival_interval_s=None):
+    """More budget, more workers: one worker per 10 MiB, at most 4; each worker 'costs' 8 MiB.
+    A slow stream (interval >= 1 s) needs only one worker."""
     workers = max(1, min(4, headroom.budget_bytes // (10 * MiB)))
+    if arrival_interval_s is not None and arrival_interval_s >= 1.0:
+        workers = 1
     plan = Plan.uniform(3, (1, 2), workers)
-    return dataclasses.replace(plan, predicted_memory_bytes=workers * 8 * MiB, budget_bytes=headroom.budget_bytes)
+    return dataclasses.replace(
+        plan,
+        predicted_memory_bytes=workers * 8 * MiB,
+        budget_bytes=headroom.budget_bytes,
+        extra={"arrival_interval_s": arrival_interval_s or 0.001},
+    )
 
 
 class Machine:
@@ -30,9 +38,9 @@ class Machine:
                         sources={"psutil": self.free})  # fmt: skip
 
 
-def replanner(machine: Machine, **planner) -> Replanner:
+def replanner(machine: Machine, arrival_fn=None, **planner) -> Replanner:
     config = load_config(None, env={}, overrides={"pipeline": {"plan": "auto"}, "planner": planner})
-    return Replanner(config, headroom_fn=machine, plan_fn=fake_planner)
+    return Replanner(config, headroom_fn=machine, plan_fn=fake_planner, arrival_fn=arrival_fn)
 
 
 def test_small_moves_inside_the_hysteresis_band_keep_the_plan():
@@ -80,3 +88,21 @@ def test_same_shape_is_not_a_new_plan_and_manual_refuses():
     manual = Replanner(load_config(None, env={}), headroom_fn=machine, plan_fn=fake_planner)
     with pytest.raises(ValueError, match="manual"):
         manual.check(plan, force=True)
+
+
+def test_measured_arrival_rate_replans_when_the_load_moves_past_a_factor_of_two():
+    machine = Machine(40 * MiB)
+    measured: list[float | None] = [None]
+    r = replanner(machine, arrival_fn=lambda: measured[0])
+    plan = r.initial_plan()  # no samples yet: planned for saturation
+    assert len(plan.workers) == 4
+    measured[0] = 0.0015  # 1.5x the interval the plan was made for: inside the factor of 2
+    assert r.check(plan) is None
+    measured[0] = 2.0  # the stream slowed down a lot
+    slower = r.check(plan)
+    assert slower is not None and len(slower.workers) == 1 and r.last_reason == "arrival rate"
+
+
+def test_configured_arrival_interval_overrides_the_measurement():
+    r = replanner(Machine(40 * MiB), arrival_fn=lambda: 2.0, arrival_interval_s=0.001)
+    assert r.measured_arrival_interval() is None
