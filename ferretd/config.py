@@ -174,9 +174,11 @@ class CompensationConfig:
 
 @dataclass(frozen=True)
 class PlannerConfig:
-    """Planner knobs. ``arrival_interval_s`` is the expected t_d (0: assume arrivals as fast as the
-    model can train with ``max_workers`` workers); ``rate_decay`` is c * t_d, the adaptation-rate
-    decay per arrival interval."""
+    """Planner knobs. ``arrival_interval_s`` is the expected t_d (0: the daemon measures it at
+    ingest; before any sample, and for ``--plan-only``, plan for arrivals as fast as the model can
+    train with ``max_workers`` workers); ``rate_decay`` is c * t_d, the adaptation-rate decay per
+    arrival interval; ``action_overhead_s`` is the real-time engine's cost per lane action
+    (negative: measure once and cache)."""
 
     memory_cap_bytes: int = 0
     safety_factor: float = 0.8
@@ -191,7 +193,7 @@ class PlannerConfig:
     def check(self) -> None:
         if self.arrival_interval_s < 0:
             raise ConfigError(
-                f"[planner] arrival_interval_s: must be >= 0 (0 = plan for saturation), got {self.arrival_interval_s}"
+                f"[planner] arrival_interval_s: must be >= 0 (0 = measured at ingest), got {self.arrival_interval_s}"
             )
         if self.rate_decay < 0:
             raise ConfigError(f"[planner] rate_decay: must be >= 0, got {self.rate_decay}")
