@@ -192,12 +192,10 @@ def _expected_run(
 
     active = plan.active_workers
     p, b = plan.num_stages, profile.microbatch
-    table = {}
-    for j, (start, end) in enumerate(plan.stage_blocks()):
-        table[(j, "F")] = profile.stage_forward_s(start, end)
-        table[(j, "B")] = profile.stage_backward_s(start, end)
-        table[(j, "U")] = 0.0
-    cost = cost_function(table, recompute_workers=[k for k, n in enumerate(active) if plan.workers[n].recompute])
+    cost = cost_function(
+        profile.cost_table(plan.stage_blocks()),
+        recompute_workers=[k for k, n in enumerate(active) if plan.workers[n].recompute],
+    )
     a_max = max(max(plan.workers[n].accumulation) for n in active)
     per_worker = 4 * (p + a_max) + 4
     arrivals: dict[int, float] = {}

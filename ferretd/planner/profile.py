@@ -90,6 +90,16 @@ class Profile:
     def stage_backward_s(self, start: int, end: int) -> float:
         return sum(b.backward_s for b in self.blocks[start:end])
 
+    def cost_table(self, stages: list[tuple[int, int]]) -> dict[tuple[int, str], float]:
+        """Profiled action costs ``{(stage, "F"|"B"|"U"): seconds}`` for stages given as block
+        ranges (``plan.stage_blocks()``), as the engine's virtual clock takes them; U is free."""
+        table: dict[tuple[int, str], float] = {}
+        for j, (start, end) in enumerate(stages):
+            table[(j, "F")] = self.stage_forward_s(start, end)
+            table[(j, "B")] = self.stage_backward_s(start, end)
+            table[(j, "U")] = 0.0
+        return table
+
     def stage_param_bytes(self, start: int, end: int) -> int:
         return sum(b.param_bytes for b in self.blocks[start:end])
 

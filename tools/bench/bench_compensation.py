@@ -8,14 +8,12 @@ A second table sweeps Iter-Fisher's ``alpha`` (gradient EMA), ``beta`` (statisti
 ``nu`` (ridge) to justify the defaults in ``[compensation]``. A third runs 10,000 updates at
 staleness 8 with a deliberately large ``lambda0`` and checks that the weights stay finite.
 
-Run alone: ``.venv/bin/python tools/bench/bench_compensation.py [--quick]``.
+Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only compensation``.
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
-import json
 import math
 import statistics
 import sys
@@ -193,19 +191,3 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "stability": stab,
     }
     return {"title": "Stale-gradient compensation", "markdown": markdown, "data": data}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    args = parser.parse_args()
-    result = run(args.quick, args.out)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "compensation.json").write_text(json.dumps(result["data"], indent=1, default=str))
-    (args.out / "compensation.md").write_text(result["markdown"] + "\n")
-    print(result["markdown"])
-
-
-if __name__ == "__main__":
-    main()

@@ -17,13 +17,11 @@ stage and the lane utilisation; compared with the sequential learner's time per 
 shows how much of a lane's time is Python (dispatch, ``functional_call``, autograd set-up, lane
 hand-offs, all under the GIL) rather than kernels that release the GIL.
 
-Run alone: ``.venv/bin/python tools/bench/bench_engine.py [--quick]``.
+Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only engine``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import sys
@@ -272,17 +270,3 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     return {"title": "Pipeline engine throughput and memory", "markdown": "\n".join(lines), "data": data}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    args = parser.parse_args()
-    result = run(args.quick, args.out)
-    print(result["markdown"])
-    (args.out / "engine.json").write_text(json.dumps(result["data"], indent=2, default=str))
-
-
-if __name__ == "__main__":
-    main()

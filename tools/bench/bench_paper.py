@@ -188,16 +188,3 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "distinct_runs": len(cache),
     }
     return {"title": "Paper comparison on real streams (virtual clock)", "markdown": markdown, "data": data}
-
-
-if __name__ == "__main__":
-    import argparse
-    import json
-
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    args = parser.parse_args()
-    res = run(args.quick, args.out)
-    print(res["markdown"])
-    (args.out / "paper.json").write_text(json.dumps(res["data"], indent=1, default=str))

@@ -25,13 +25,11 @@ measured online accuracy.
 Virtual-clock note: ``PipelineLearner`` builds its cost function without recompute workers, so
 the bench installs one that charges the extra forward of recompute (as the planner assumes).
 
-Run alone: ``.venv/bin/python tools/bench/bench_planner.py [--quick]``.
+Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only planner``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import sys
 import tempfile
@@ -70,15 +68,6 @@ def engine_available() -> str:
     return ""
 
 
-def cost_table(profile: Profile, plan: Plan) -> dict[tuple[int, str], float]:
-    table: dict[tuple[int, str], float] = {}
-    for j, (a, b) in enumerate(plan.stage_blocks()):
-        table[(j, "F")] = profile.stage_forward_s(a, b)
-        table[(j, "B")] = profile.stage_backward_s(a, b)
-        table[(j, "U")] = 0.0
-    return table
-
-
 def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: float, compensation: str, lr: float):
     from ferretd.engine.pipeline import PipelineLearner
 
@@ -88,7 +77,7 @@ def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: 
 
         compensator = make_compensator(compensation, lambda0=0.04, nu=1e-3, alpha=0.9, eta_lambda=0.0)
     training = TrainingConfig(lr=lr, microbatch=profile.microbatch, momentum=0.0)
-    table = cost_table(profile, plan)
+    table = profile.cost_table(plan.stage_blocks())
     learner = PipelineLearner(model, plan, training, compensator, executor="virtual", cost=table, t_d=t_d)
     recompute = [n for n, w in enumerate(plan.workers) if w.recompute]
     learner.executor.clock.cost = cost_function(table, recompute_workers=recompute)
@@ -436,19 +425,3 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
         "memory_profile": mem_profile.to_dict(),
     }
     return {"title": title, "markdown": "\n".join(md) + "\n", "data": data}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
-    args = parser.parse_args()
-    args.out.mkdir(parents=True, exist_ok=True)
-    result = run(args.quick, args.out)
-    (args.out / "planner.json").write_text(json.dumps(result["data"], indent=1, default=str))
-    (args.out / "planner.md").write_text(f"# {result['title']}\n\n{result['markdown']}")
-    print(result["markdown"])
-
-
-if __name__ == "__main__":
-    main()

@@ -238,8 +238,3 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
     return {"title": "Real-time daemons at 4x overload", "markdown": "\n".join(lines), "data": {**data, **results}}
-
-
-if __name__ == "__main__":
-    res = run("--quick" in sys.argv, ROOT / "docs" / "benchmarks")
-    print(res["markdown"])

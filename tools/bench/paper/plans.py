@@ -65,15 +65,6 @@ def flop_profile(input_shape: tuple[int, ...], classes: int) -> Profile:
     return replace(prof, blocks=tuple(blocks))
 
 
-def cost_table(profile: Profile, plan: Plan) -> dict[tuple[int, str], float]:
-    table: dict[tuple[int, str], float] = {}
-    for j, (a, b) in enumerate(plan.stage_blocks()):
-        table[(j, "F")] = profile.stage_forward_s(a, b)
-        table[(j, "B")] = profile.stage_backward_s(a, b)
-        table[(j, "U")] = 0.0
-    return table
-
-
 @dataclass
 class Strategy:
     """One row of the comparison: an engine plan or a synchronous / sequential baseline."""
@@ -149,7 +140,9 @@ class Planner:
         steps = []
         for k in range(1, group + 1):
             sched = (one_f_one_b_flush if one_f_one_b else gpipe)(p, 1, k, k)
-            clock = VirtualClock(StaticProgram(sched), cost_function(cost_table(self.profile, plan)), lambda a: None)
+            clock = VirtualClock(
+                StaticProgram(sched), cost_function(self.profile.cost_table(plan.stage_blocks())), lambda a: None
+            )
             clock.arrive_all(sched.owner)
             clock.run()
             steps.append(max(clock.lane_free.values()))

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from ferretd.config import CompensationConfig, TrainingConfig
 from ferretd.engine.clock import cost_function
 from ferretd.engine.pipeline import PipelineLearner
-from tools.bench.paper.plans import Strategy, build_model, cost_table
+from tools.bench.paper.plans import Strategy, build_model
 from tools.streams import Stream
 
 LR = 0.05
@@ -173,7 +173,7 @@ def run_engine(
     if compensation != "none":
         comp = make_compensator(compensation, **dataclasses.asdict(CompensationConfig(method=compensation)))
     ocl_method = make_ocl(ocl, replay_bytes=64 * stream.x[0].nbytes, replay_per_sample=1, seed=seed)
-    table = cost_table(profile, plan)
+    table = profile.cost_table(plan.stage_blocks())
     model = build_model(stream.input_shape, stream.classes, seed)
     learner = StreamPipeline(
         model, plan, TrainingConfig(lr=LR, microbatch=1), comp, ocl_method, executor="virtual", cost=table, log_limit=0
