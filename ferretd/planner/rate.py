@@ -35,8 +35,16 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
    workers at rate ``sum_m 1 / (max(s_m, I) a_{m,j})``; with ``U`` their expected number, the
    sample is fresh with probability ``max(0, 1 - U)`` (deterministic pipelines: an update either
    falls in the window or not). Stage k is updated with ``p_k = prod_{j>=k, o_{n,j}} fresh_j``.
-5. ``c = decay_per_arrival / t_d``: delay is measured in arrival intervals (decay 0.1 means a
-   delay of ten arrivals is worth ``e^-1``).
+5. Delay and decay per sample (microbatches, issue 12). ``c = decay_per_arrival / (b t_d)``:
+   delay is measured in *microbatch intervals*, the time one microbatch of the stream takes to
+   arrive (at b = 1 one arrival, as before: decay 0.1 means ten arrivals are worth ``e^-1``).
+   Measured in arrival intervals, a microbatch-32 learner's own compute latency alone was >100
+   arrivals at 4x overload, so every plan's R was ~0-0.02 and the ranking was driven by
+   latency noise: the planner chose a worse plan with more budget. And the value is averaged
+   per sample, not taken at the microbatch's mean delay: sample i of a microbatch waits
+   ``(b-1-i) t_d`` for the rest of it, so the fill term is the exact per-sample mean
+   ``(1/b) sum_i exp(-c i t_d)`` (>= ``exp(-c (b-1)/2 t_d)``, Jensen), multiplying the
+   microbatch's ``exp(-c r_k)`` for the rest of the delay.
 6. Real-time lanes on CPU cores (``action_overhead_s`` > 0 or finite ``cpu_cores``; the
    virtual clock leaves both off). Every F, B and U action costs the engine ``o`` seconds of
    Python bookkeeping beyond the block's compute, and that part holds the GIL, so it does not
@@ -108,7 +116,9 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
     n_active = len(active)
     t_d = params.arrival_interval_s
     interval = n_active * profile.microbatch * t_d
-    c = params.decay_per_arrival / t_d
+    b = profile.microbatch
+    c = params.decay_per_arrival / (b * t_d)  # item 5: decay per microbatch interval
+    fill_value = _fill_value(c * t_d, b)
 
     bwd_eff: dict[int, list[float]] = {}
     service: dict[int, float] = {}
@@ -125,7 +135,7 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         sum(1.0 / (max(service[m], interval) * plan.workers[m].accumulation[j]) for m in active) for j in range(p)
     ]
 
-    fill = (profile.microbatch - 1) / 2 * t_d
+    fill = (b - 1) / 2 * t_d  # mean fill wait, reported in the delay only
     total = 0.0
     delays: list[float] = []
     dropped = 0.0
@@ -150,7 +160,7 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
             delay = fill + queue + pure[k] + extra + acc_wait
             p_update = math.prod(fresh[k:])
             weight = 1.0 / w.accumulation[k] if params.window_average else 1.0
-            value += shares[k] * weight * p_update * math.exp(-c * delay)
+            value += shares[k] * weight * p_update * fill_value * math.exp(-c * (delay - fill))
             delays.append(delay)
         total += accepted * value
     return RateBreakdown(
@@ -159,3 +169,10 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         mean_delay_s=sum(delays) / len(delays),
         service_interval_s=tuple(service[n] for n in active),
     )
+
+
+def _fill_value(step: float, microbatch: int) -> float:
+    """Mean of ``exp(-step * i)`` over ``i = 0 .. b-1`` (the samples' own waits for the microbatch)."""
+    if microbatch <= 1 or step <= 0:
+        return 1.0
+    return -math.expm1(-step * microbatch) / (microbatch * -math.expm1(-step))
