@@ -1,8 +1,10 @@
 """``ferretctl``: ask a running ferretd how it is doing, or tell it what to do.
 
-Finds the control socket the way the daemon does (``--config``, then ``$RUNTIME_DIRECTORY``,
-``$XDG_RUNTIME_DIR/ferretd``, ``/tmp/ferretd-$UID``), or takes ``--endpoint``. Imports only the
-control client (no torch), so it starts instantly.
+Finds the control socket like the daemon does and also where the systemd unit puts it
+(``/run/ferretd``), see :mod:`ferretd.control.discovery`; ``--endpoint`` overrides. The common
+options (``--json``, ``--config``, ``--endpoint``, ``--timeout``) go before or after the
+command. ``ferretctl help`` and ``-h`` work without a daemon; a bad argument is one line and
+exit 2, never a traceback. Imports only the control client (no torch), so it starts instantly.
 
 Exit codes: 0 ok, 1 the daemon answered with an error, 2 bad usage or config, 3 the daemon is
 not running or did not answer. ``ferretctl health`` is made for monitoring and exits 0 healthy,
@@ -13,228 +15,213 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
-from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ferretd import __version__
 from ferretd.config import ConfigError, load_config
-from transports.zmq_control import ControlClient, ipc_path
+from ferretd.control import discovery
+from ferretd.control.render import render
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-def _fmt(value: Any, unit: str = "") -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}{unit}" if abs(value) < 10 else f"{value:,.1f}{unit}"
-    if isinstance(value, int):
-        return f"{value:,}{unit}"
-    return f"{value}{unit}"
-
-
-def _mib(value: int | None) -> str:
-    return "-" if value is None else f"{value / 2**20:,.1f} MiB"
-
-
-def render_status(status: dict[str, Any]) -> str:
-    c, a, t, s, m = (status[k] for k in ("counters", "accuracy", "training", "snapshot", "memory"))
-    dropped = ", ".join(f"{k} {v}" for k, v in sorted(c["dropped"].items())) or "none"
-    invalid = ", ".join(f"{k} {v}" for k, v in sorted(c["invalid"].items())) or "none"
-    rows = [
-        ("state", f"{status['state']} (pid {status['pid']}, ferretd {status['version']})"),
-        ("uptime", f"{status['uptime_s']:.0f} s"),
-        ("received", _fmt(c["received"])),
-        ("trained", _fmt(c["trained"])),
-        ("queued", f"{_fmt(c['queued'])} ({c['waiting']} waiting, {c['in_flight']} in flight)"),
-        ("dropped", f"{_fmt(c['dropped_total'])} ({dropped})"),
-        ("invalid", f"{_fmt(c['invalid_total'])} ({invalid})"),
-        ("counters add up", "yes" if c["balanced"] else "NO"),
-        ("sequence gaps", f"{c['seq_gaps']} over {c['devices']} device(s), {c['seq_resets']} reset(s)"),
-        ("online accuracy", _fmt(a["online_accuracy"])),
-        (f"  last {a['window']}", _fmt(a["window_accuracy"])),
-        ("  NoChange baseline", _fmt(a["nochange_accuracy"])),
-        ("  majority baseline", _fmt(a["majority_accuracy"])),
-        ("updates", _fmt(t["updates"])),
-        ("mean train delay", _fmt(t["mean_delay_s"], " s")),
-        ("model snapshot", f"seq {_fmt(s['seq'])} ({s['exported']} exported, {s['failed']} failed)"),
-        ("memory RSS", _mib(m["rss_bytes"])),
-        ("memory available", _mib(m["available_bytes"])),
-    ]
-    if m.get("headroom_bytes") is not None:
-        rows.append(("memory headroom", f"{_mib(m['headroom_bytes'])} (bound by {m.get('headroom_source', '?')})"))
-    rows += engine_rows(status.get("engine") or {})
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
-
-
-def engine_rows(engine: dict[str, Any]) -> list[tuple[str, str]]:
-    """Engine summary plus one row per pipeline stage (staleness, versions, compensation)."""
-    if not engine:
-        return []
-    scalars = ", ".join(f"{k}={v}" for k, v in engine.items() if not isinstance(v, dict | list))
-    rows = [("engine", scalars)]
-    compensator = engine.get("compensator") or {}
-    for stage in engine.get("stage") or []:
-        j = stage.get("stage")
-        comp = compensator.get(str(j)) or {}
-        text = (
-            f"staleness max {stage.get('max_staleness')} mean {_fmt(stage.get('mean_staleness'))}, "
-            f"live versions {stage.get('live_versions')} (peak {stage.get('max_live_versions')}), "
-            f"{stage.get('updates')} updates on {stage.get('device')}"
-        )
-        if comp:
-            text += (
-                f"; lambda {_fmt(comp.get('lambda'))}, compensated {comp.get('compensated')}, "
-                f"fallbacks {comp.get('fallbacks')}"
-            )
-        rows.append((f"  stage {j}", text))
-    lanes = engine.get("lane_utilisation") or {}
-    if lanes:
-        rows.append(("  lane utilisation", ", ".join(f"{k} {v:.0%}" for k, v in sorted(lanes.items()))))
-    return rows
-
-
-def render_generic(result: dict[str, Any]) -> str:
-    return "\n".join(f"{k}: {json.dumps(v) if isinstance(v, dict | list) else v}" for k, v in result.items())
-
-
-def render_plan(result: dict[str, Any]) -> str:
-    lines = [
-        result["describe"],
-        f"mode: {result['mode']}, re-plans: {result['replans']} (last: {result['last_reason']})",
-    ]
-    headroom = result.get("headroom")
-    if headroom:
-        lines.append(
-            f"made for budget {_mib(headroom['budget_bytes'])}, bound by {headroom['bound_by']} "
-            f"(safety factor {headroom['safety_factor']})"
-        )
-        lines += [f"  {k}: {_mib(v)}" for k, v in sorted(headroom["sources"].items())]
-    if result.get("override_bytes"):
-        lines.append(f"ferretctl budget override: {_mib(result['override_bytes'])}")
-    return "\n".join(lines)
-
-
-def render_replan(result: dict[str, Any]) -> str:
-    if result.get("changed"):
-        return "plan changed:\n" + result["describe"]
-    return "plan unchanged" + (f": {result['error']}" if result.get("error") else "")
-
-
-def render_health(result: dict[str, Any]) -> str:
-    return result["status"] + "".join(f"\n  - {r}" for r in result["reasons"])
-
-
-def render_reload(result: dict[str, Any]) -> str:
-    if result.get("note"):
-        return result["note"]
-    lines = [f"applied: {', '.join(result['applied']) or 'nothing changed'}"]
-    if result["needs_restart"]:
-        lines.append(f"needs a restart (still running the old value): {', '.join(result['needs_restart'])}")
-    return "\n".join(lines)
-
-
-RENDERERS = {
-    "status": render_status,
-    "plan": render_plan,
-    "replan": render_replan,
-    "budget": render_replan,
-    "health": render_health,
-    "reload": render_reload,
-    "version": lambda r: f"ferretd {r['version']} (pid {r['pid']})",
-}
 HEALTH_DOWN = 2
+MAX_BYTES = (1 << 63) - 1
+CLEAR_HOME = "\x1b[H\x1b[2J"  # cursor home + clear screen: ``stats --watch`` redraws in place on a tty
+
+
+class UsageError(Exception):
+    """A bad argument: printed as one line, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
 
 
 def parse_bytes(text: str) -> int:
-    """``512M``, ``1G``, ``1048576``: binary multiples."""
-    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
-    text = text.strip().upper().removesuffix("B").removesuffix("I")
-    scale = units.get(text[-1:], 1)
-    number = text[:-1] if text[-1:] in units else text
+    """``512M``, ``1G``, ``1.5GiB``, ``1048576``: binary multiples, 0 .. 2**63-1."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    clean = text.strip().upper().removesuffix("B").removesuffix("I")
+    scale = units.get(clean[-1:], 1)
+    number = clean[:-1] if clean[-1:] in units else clean
     try:
-        value = int(float(number) * scale)
+        value = float(number) * scale
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (try 512M or 1G)") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r} (try 512M or 1G)")
     if value < 0:
-        raise argparse.ArgumentTypeError("a budget cannot be negative")
+        raise argparse.ArgumentTypeError(f"a budget cannot be negative: {text!r}")
+    if value > MAX_BYTES:
+        raise argparse.ArgumentTypeError(f"too large: {text!r} (at most 8 EiB)")
+    return int(value)
+
+
+def parse_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ferretctl", description="Control and inspect a running ferretd.")
-    parser.add_argument("--config", help="the daemon's TOML config (to find its control socket)")
-    parser.add_argument("--endpoint", help="control endpoint, e.g. ipc:///run/ferretd/control.sock")
-    parser.add_argument("--timeout", type=float, default=None, help="seconds to wait for an answer")
-    parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("status", help="state, counters, online accuracy, model, memory")
-    watch = sub.add_parser("stats", help="status, refreshed with --watch")
-    watch.add_argument("--watch", type=float, nargs="?", const=2.0, default=None, metavar="SECONDS")
-    sub.add_parser("snapshot", help="export and announce a snapshot now")
-    sub.add_parser("plan", help="the live plan and the headroom it was made for")
-    sub.add_parser("replan", help="read the headroom and re-plan now")
-    budget = sub.add_parser("budget", help="cap the plan's memory (0 removes the cap) and re-plan")
-    budget.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
-    sub.add_parser("pause", help="stop training; samples keep queueing")
-    sub.add_parser("resume", help="continue training after pause")
-    sub.add_parser("reload", help="re-read the config file (like SIGHUP)")
-    sub.add_parser("checkpoint", help="write the full learning state now")
-    sub.add_parser("health", help="exit 0 healthy, 1 degraded, 2 down (for monitoring)")
-    sub.add_parser("version", help="ferretctl's and the daemon's version")
-    sub.add_parser("stop", help="stop the daemon (same path as SIGTERM)")
-    sub.add_parser("help", help="list the daemon's commands")
+def _common(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """The options every command takes, before or after it (defaults only on the top level)."""
+    default = argparse.SUPPRESS if suppress else None
+    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS if suppress else False,
+                        help="print the raw JSON result")  # fmt: skip
+    parser.add_argument("--config", default=default, help="the daemon's TOML config (to find its control socket)")
+    parser.add_argument("--endpoint", default=default, help="control endpoint, e.g. ipc:///run/ferretd/control.sock")
+    parser.add_argument("--timeout", type=parse_seconds, default=default, help="seconds to wait for an answer")
+
+
+COMMANDS = {
+    "status": "state, counters, online accuracy, model, memory",
+    "stats": "status, redrawn every SECONDS with --watch (Ctrl-C ends it)",
+    "plan": "the live plan and the memory budget it runs within",
+    "replan": "read the headroom and re-plan now",
+    "budget": "cap the plan's memory (0 removes the cap) and re-plan",
+    "snapshot": "export and announce a snapshot now",
+    "checkpoint": "write the full learning state now",
+    "pause": "stop training; samples keep queueing",
+    "resume": "continue training after pause",
+    "reload": "re-read the config file (like SIGHUP)",
+    "health": "exit 0 healthy, 1 degraded, 2 down (for monitoring)",
+    "version": "ferretctl's and the daemon's version",
+    "stop": "stop the daemon (same path as SIGTERM)",
+    "help": "this usage (works without a daemon)",
+}
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="ferretctl",
+        description="Control and inspect a running ferretd.",
+        epilog="Exit codes: 0 ok, 1 the daemon answered with an error, 2 usage or config error, "
+        "3 the daemon is not running or did not answer (health: 2 down).",
+    )
+    _common(parser, suppress=False)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=Parser)
+    for name, text in COMMANDS.items():
+        cmd = sub.add_parser(name, help=text, description=text)
+        _common(cmd, suppress=True)
+        if name == "stats":
+            cmd.add_argument("--watch", type=parse_seconds, nargs="?", const=2.0, default=None, metavar="SECONDS")
+        elif name == "budget":
+            cmd.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
+        elif name == "help":
+            cmd.add_argument("topic", nargs="?", choices=sorted(COMMANDS), metavar="COMMAND", help="one command")
     return parser
 
 
+def usage(parser: Parser, args: argparse.Namespace) -> int:
+    topic = getattr(args, "topic", None)
+    if args.json:
+        sys.stdout.write(json.dumps(COMMANDS if topic is None else {topic: COMMANDS[topic]}, indent=2) + "\n")
+        return EXIT_OK
+    if topic is None:
+        sys.stdout.write(parser.format_help())
+        return EXIT_OK
+    choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    sys.stdout.write(choices[topic].format_help())
+    return EXIT_OK
+
+
+def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, float]:
+    """(endpoint or None, the reason when None, timeout); raises UsageError/ConfigError."""
+    if args.endpoint:
+        try:
+            endpoints = [discovery.check_endpoint(args.endpoint)]
+        except ValueError as exc:
+            raise UsageError(f"--endpoint: {exc}") from None
+        config = load_config(args.config) if args.config else None
+    else:
+        path = args.config
+        if path is None and discovery.pins_location(discovery.SYSTEM_CONFIG):
+            path = discovery.SYSTEM_CONFIG
+        config = load_config(path)
+        endpoints = discovery.candidates(config.control.endpoint, path)
+    timeout = args.timeout or (config.control.timeout_s if config else 5.0)
+    located = discovery.locate(endpoints)
+    return located.endpoint, located.problem, timeout
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
     try:
-        config = load_config(args.config)
-    except ConfigError as exc:
+        args = parser.parse_args(argv)
+        if args.command == "help":
+            return usage(parser, args)
+        if args.command == "version" and not args.json:
+            sys.stdout.write(f"ferretctl {__version__}\n")
+        endpoint, problem, timeout = resolve_endpoint(args)
+    except UsageError as exc:
+        sys.stderr.write(f"ferretctl: {exc} (see ferretctl help)\n")
+        return EXIT_USAGE
+    except (ConfigError, OSError) as exc:
         sys.stderr.write(f"ferretctl: {exc}\n")
         return EXIT_USAGE
-    endpoint = args.endpoint or config.control.endpoint
-    socket_file = ipc_path(endpoint)
-    if args.command == "version" and not args.json:
-        sys.stdout.write(f"ferretctl {__version__}\n")
-    unreachable = EXIT_UNREACHABLE if args.command != "health" else HEALTH_DOWN
-    if socket_file and not Path(socket_file).exists():
-        sys.stderr.write(f"ferretctl: ferretd is not running (no control socket at {socket_file})\n")
-        if args.command == "health":
-            sys.stdout.write("down\n")
-        return unreachable
+    if endpoint is None:
+        return unreachable(args, problem)
+    return converse(args, endpoint, timeout)
+
+
+def unreachable(args: argparse.Namespace, reason: str) -> int:
+    sys.stderr.write(f"ferretctl: {reason}\n")
+    if args.command == "health":
+        sys.stdout.write("down\n")
+        return HEALTH_DOWN
+    return EXIT_UNREACHABLE
+
+
+def converse(args: argparse.Namespace, endpoint: str, timeout: float) -> int:
+    import zmq
+
+    from transports.zmq_control import ControlClient
+
     cmd = "status" if args.command == "stats" else args.command
-    timeout = args.timeout or config.control.timeout_s
-    with ControlClient(endpoint, timeout_s=timeout) as client:
+    watch = getattr(args, "watch", None)
+    redraw = bool(watch) and sys.stdout.isatty()
+    call_args: dict[str, Any] = {"bytes": args.bytes} if cmd == "budget" else {}
+    try:
+        client = ControlClient(endpoint, timeout_s=timeout)
+    except zmq.ZMQError as exc:
+        sys.stderr.write(f"ferretctl: cannot connect to {endpoint}: {exc}\n")
+        return EXIT_USAGE
+    with client:
         while True:
             try:
-                reply = client.call(cmd, **({"bytes": args.bytes} if cmd == "budget" else {}))
+                reply = client.call(cmd, **call_args)
             except TimeoutError as exc:
-                sys.stderr.write(f"ferretctl: ferretd did not answer: {exc}\n")
-                if args.command == "health":
-                    sys.stdout.write("down\n")
-                return unreachable
+                return unreachable(args, f"ferretd did not answer: {exc}")
+            except ValueError as exc:
+                sys.stderr.write(f"ferretctl: unreadable answer from {endpoint}: {exc}\n")
+                return EXIT_ERROR
             if not reply.ok:
                 sys.stderr.write(f"ferretctl: {cmd}: {reply.error}\n")
                 return EXIT_ERROR
             if cmd == "version":
                 reply.result["ferretctl"] = __version__
             if args.json:
-                sys.stdout.write(json.dumps(reply.result, indent=2, sort_keys=True, default=str) + "\n")
+                text = json.dumps(reply.result, indent=2, sort_keys=True, default=str)
             else:
-                sys.stdout.write(RENDERERS.get(cmd, render_generic)(reply.result) + "\n")
+                text = render(cmd, reply.result)
+            if redraw:
+                stamp = time.strftime("%H:%M:%S")
+                text = f"{CLEAR_HOME}ferretctl stats: every {watch:g} s at {stamp} (Ctrl-C ends)\n\n{text}"
+            sys.stdout.write(text + "\n")
             sys.stdout.flush()
-            watch = getattr(args, "watch", None)
             if cmd == "health":
                 return int(reply.result["code"])
             if not watch:
                 return EXIT_OK
             time.sleep(watch)
-            sys.stdout.write("\n")
+            if not redraw:
+                sys.stdout.write("\n")
 
 
 def run() -> int:
@@ -243,6 +230,8 @@ def run() -> int:
         return main()
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # ``ferretctl status | head``
+        return EXIT_OK
 
 
 if __name__ == "__main__":
