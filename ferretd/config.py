@@ -176,8 +176,8 @@ class CompensationConfig:
 class PlannerConfig:
     """Planner knobs. ``arrival_interval_s`` is the expected t_d (0: the daemon measures it at
     ingest; before any sample, and for ``--plan-only``, plan for arrivals as fast as the model can
-    train with ``max_workers`` workers); ``rate_decay`` is c * t_d, the adaptation-rate decay per
-    arrival interval; ``action_overhead_s`` is the real-time engine's cost per lane action
+    train with ``max_workers`` workers); ``rate_decay`` is c * b * t_d, the adaptation-rate decay per
+    microbatch interval (b = microbatch); ``action_overhead_s`` is the real-time engine's cost per lane action
     (negative: measure once and cache)."""
 
     memory_cap_bytes: int = 0
