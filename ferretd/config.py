@@ -67,9 +67,17 @@ class ModelConfig:
     hidden: tuple[int, ...] = (128, 64)
     channels: tuple[int, ...] = (8, 16)
     factory: str = ""
+    normalize: str = "running"
+    normalize_decay: float = 0.0
+    normalize_clip: float = 10.0
 
     def check(self) -> None:
         _choice("model", "name", self.name, ("mlp", "convnet", "custom"))
+        _choice("model", "normalize", self.normalize, ("running", "none"))
+        if not 0.0 <= self.normalize_decay < 1.0:
+            raise ConfigError(f"[model] normalize_decay: must be in [0, 1) (0 = exact), got {self.normalize_decay}")
+        if self.normalize_clip < 0:
+            raise ConfigError(f"[model] normalize_clip: must be >= 0 (0 = no clipping), got {self.normalize_clip}")
         if not self.input_shape or any(d < 1 for d in self.input_shape):
             raise ConfigError(f"[model] input_shape: dimensions must be >= 1, got {list(self.input_shape)}")
         _at_least("model", "num_classes", self.num_classes, 2)
@@ -92,9 +100,23 @@ class TrainingConfig:
     weight_decay: float = 0.0
     microbatch: int = 1
     seed: int = 0
+    optimizer: str = "sgd"
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+    guard_loss_factor: float = 100.0
+    guard_step_ratio: float = 1.0
 
     def check(self) -> None:
         _positive("training", "lr", self.lr)
+        _choice("training", "optimizer", self.optimizer, ("sgd", "adam", "adagrad"))
+        for key in ("beta1", "beta2"):
+            if not 0.0 <= getattr(self, key) < 1.0:
+                raise ConfigError(f"[training] {key}: must be in [0, 1), got {getattr(self, key)}")
+        _positive("training", "eps", self.eps)
+        for key in ("guard_loss_factor", "guard_step_ratio"):
+            if getattr(self, key) < 0:
+                raise ConfigError(f"[training] {key}: must be >= 0 (0 = off), got {getattr(self, key)}")
         if not 0.0 <= self.momentum < 1.0:
             raise ConfigError(f"[training] momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
@@ -228,8 +250,13 @@ class SnapshotConfig:
     opset: int = 17
     announce_endpoint: str = ""
     latest_endpoint: str = ""
+    export: str = "latest"
+    ema_decay: float = 0.99
 
     def check(self) -> None:
+        _choice("snapshot", "export", self.export, ("latest", "ema"))
+        if not 0.0 < self.ema_decay < 1.0:
+            raise ConfigError(f"[snapshot] ema_decay: must be in (0, 1), got {self.ema_decay}")
         _at_least("snapshot", "every_updates", self.every_updates, 0)
         if self.every_seconds < 0:
             raise ConfigError(f"[snapshot] every_seconds: must be >= 0, got {self.every_seconds}")

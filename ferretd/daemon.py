@@ -92,6 +92,7 @@ class Daemon:
         self.paused = False
         self.loop_heartbeat = time.monotonic()
         self.last_progress_at = time.monotonic()
+        self.last_divergence_at: float | None = None
         self._last_trained = 0
         self.ingest: IngestServer | None = None
         self.control: ControlServer | None = None
@@ -210,6 +211,7 @@ class Daemon:
                     )
                     for sample in batch:
                         self._process(sample)
+                    self._score_dropped()
                 self._maybe_snapshot()
                 self._maybe_checkpoint()
                 if self.replanner.due():
@@ -303,13 +305,25 @@ class Daemon:
                 future.set_exception(exc)
 
     def _process(self, sample: Any) -> None:
-        probabilities = self.learner.predict_one(sample.features)
-        with self.score_lock:
-            self.score.record(int(np.argmax(probabilities)), sample.label)
+        self._score(sample)
         received_at = sample.received_at
         self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
 
+    def _score(self, sample: Any) -> None:
+        """Test-then-train: predict one arrival with the current model and score it (once)."""
+        probabilities = self.learner.predict_one(sample.features)
+        with self.score_lock:
+            self.score.record(int(np.argmax(probabilities)), sample.label)
+
+    def _score_dropped(self) -> None:
+        """Score the samples the queue dropped (overflow, shutdown): every arrival is predicted once."""
+        for sample in self.queue.take_dropped():
+            self._score(sample)
+
     def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
+        if outcome.reason.startswith("diverged"):
+            self.last_divergence_at = time.monotonic()
+            self.bad_input.warning("diverged", "update_refused", reason=outcome.reason)
         self.queue.settle(outcome.trained, outcome.reason or DropReason.ENGINE.value)
         if outcome.trained and received_at:
             delay = time.monotonic() - received_at
@@ -412,6 +426,7 @@ class Daemon:
             ):
                 self._process(sample)
         dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
+        self._score_dropped()
         self.learner.flush(timeout=max(0.0, deadline - time.monotonic()))
         if final_snapshot:
             try:

@@ -13,6 +13,11 @@ sample to make room, because in online learning a sample is worth most right aft
 ``drop_newest`` refuses the arriving one instead. Either way the loss is counted as
 ``dropped.queue_full``.
 
+Online accuracy covers every arrival: a sample dropped here (overflow, shutdown, a smaller queue
+on reload) is kept aside until the loop scores it with the current model
+(:meth:`take_dropped`). That side list holds at most ``capacity`` samples; a drop beyond that is
+counted in ``unscored`` instead of being predicted.
+
 Per-device sequence numbers are tracked to count gaps (numbers never received as a valid
 sample) and resets (a number at or below the last one: a device restart or reordering).
 
@@ -80,6 +85,8 @@ class SampleQueue:
         self.overflow = overflow
         self.max_devices = max_devices
         self._items: deque[Sample] = deque()
+        self._dropped_items: deque[Sample] = deque()
+        self._unscored = 0
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
         self._received = 0
@@ -124,14 +131,33 @@ class SampleQueue:
             if len(self._items) >= self.capacity:
                 self._dropped[DropReason.QUEUE_FULL.value] += 1
                 if self.overflow == "drop_newest":
+                    self._set_aside(sample)
                     return False
-                self._items.popleft()
+                self._set_aside(self._items.popleft())
                 self._items.append(sample)
                 self._not_empty.notify()
                 return False
             self._items.append(sample)
             self._not_empty.notify()
             return True
+
+    def _set_aside(self, sample: Sample) -> None:
+        """Call with the lock held: keep a dropped sample for scoring, or count it unscored."""
+        if len(self._dropped_items) < self.capacity:
+            self._dropped_items.append(sample)
+        else:
+            self._unscored += 1
+
+    def take_dropped(self, max_items: int | None = None) -> list[Sample]:
+        """Dropped samples not yet scored (oldest first), at most ``max_items``."""
+        with self._lock:
+            n = len(self._dropped_items) if max_items is None else min(max_items, len(self._dropped_items))
+            return [self._dropped_items.popleft() for _ in range(n)]
+
+    @property
+    def unscored(self) -> int:
+        with self._lock:
+            return self._unscored
 
     def _track_sequence(self, device: str, seq: int) -> None:
         last = self._last_seq.get(device)
@@ -182,6 +208,8 @@ class SampleQueue:
         """Discard every waiting sample (counted under ``reason``); returns how many."""
         with self._lock:
             n = len(self._items)
+            for sample in self._items:
+                self._set_aside(sample)
             self._items.clear()
             if n:
                 self._dropped[reason.value] += n
@@ -194,7 +222,7 @@ class SampleQueue:
         with self._lock:
             self.capacity, self.overflow = capacity, overflow
             while len(self._items) > capacity:
-                self._items.popleft()
+                self._set_aside(self._items.popleft())
                 self._dropped[DropReason.QUEUE_FULL.value] += 1
 
     def restore_counts(self, received: int, trained: int, dropped: dict[str, int], invalid: dict[str, int]) -> None:

@@ -4,16 +4,18 @@
 unless ``partition`` is given, N workers, the knobs); ``"auto"`` asks the planner for the plan
 that maximises the predicted adaptation rate within the memory headroom. A plan with one stage, one
 active worker and no OCL method runs on the plain sequential SGD learner (bitwise the same math, no threads);
-anything else runs on the Ferret pipeline engine.
+anything else runs on the Ferret pipeline engine. Both get the configured input normaliser
+(``[model] normalize``) and, with ``[snapshot] export = "ema"``, a weight average to export.
 """
 
 from __future__ import annotations
 
 from ferretd.config import Config, ConfigError
-from ferretd.engine.learner import OnlineLearner
+from ferretd.engine.learner import OnlineLearner, ema_decay_for
 from ferretd.engine.plan import Plan
 from ferretd.engine.sequential import SequentialLearner
 from ferretd.models import build_model
+from ferretd.models.normalize import make_norm_for
 
 
 def default_devices(stages: int) -> tuple[str, ...]:
@@ -64,7 +66,12 @@ def learner_kind(plan: Plan, config: Config) -> str:
 def make_learner(config: Config, plan: Plan | None = None) -> OnlineLearner:
     plan = plan or plan_from_config(config)
     if is_sequential(plan, config):
-        return SequentialLearner(build_model(config.model, seed=config.training.seed), config.training)
+        return SequentialLearner(
+            build_model(config.model, seed=config.training.seed),
+            config.training,
+            norm=make_norm_for(config),
+            ema_decay=ema_decay_for(config),
+        )
     from ferretd.engine.pipeline import PipelineLearner
 
     return PipelineLearner.from_config(config, plan)

@@ -12,7 +12,8 @@ An invalid file changes nothing.
 
 Health (``ferretctl health``): 0 healthy, 1 degraded, 2 down. Degraded means one of: the
 counters do not add up, the loop has not turned for ``STALL_S``, samples are waiting but none
-was trained for ``STALL_S``, training is paused, or the last snapshot export failed.
+was trained for ``STALL_S``, training is paused, the last snapshot export failed, or the
+divergence guard discarded an update within ``DIVERGED_RECENT_S``.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger("ferretd")
 
 STALL_S = 30.0
+DIVERGED_RECENT_S = 60.0
 LIVE_SECTIONS = ("snapshot", "checkpoint", "planner")
 
 
@@ -95,9 +97,10 @@ def checkpoint_state(daemon: Daemon, reason: str) -> dict[str, Any]:
 def adapt_learner_state(state: dict[str, Any], saved_plan: Plan | None, plan: Plan, kind: str) -> dict[str, Any]:
     """Make a saved learner state loadable by a learner of ``kind`` running ``plan``.
 
-    The same kind and partition load as saved. Otherwise only the weights carry over (they are
-    keyed by the full model's parameter names): momentum and the compensator's per-stage
-    statistics describe the old stage layout and start fresh.
+    The same kind and partition load as saved. Otherwise what is keyed by the full model's
+    parameter names carries over (weights, optimiser state, averaged weights) with the input
+    normaliser and the divergence guard; the compensator's per-stage statistics describe the
+    old stage layout and start fresh.
     """
     saved_kind = state.get("kind")
     same_partition = saved_plan is not None and saved_plan.partition == plan.partition
@@ -105,11 +108,13 @@ def adapt_learner_state(state: dict[str, Any], saved_plan: Plan | None, plan: Pl
         return state
     updates = state.get("updates", 0)
     total = max(updates) if isinstance(updates, list) else int(updates)
+    keyed = {k: state.get(k) for k in ("optim", "average", "average_count", "normalizer", "guard")}
     if kind == "sequential":
-        return {"kind": "sequential", "model": state["model"], "optimizer": None, "updates": total}
+        return {"kind": "sequential", "model": state["model"], "optimizer": None, "updates": total, **keyed}
     return {
         "kind": "pipeline",
         "model": state["model"],
+        **keyed,
         "momentum": {},
         "compensator": {},
         "ocl": state.get("ocl", {}),
@@ -202,5 +207,8 @@ def health(daemon: Daemon) -> dict[str, Any]:
         reasons.append(f"{ledger.queued} samples queued but none trained for {now - daemon.last_progress_at:.0f} s")
     if daemon.exporter.last_failed:
         reasons.append("the last snapshot export failed")
+    diverged_at = getattr(daemon, "last_divergence_at", None)
+    if diverged_at is not None and now - diverged_at < DIVERGED_RECENT_S:
+        reasons.append(f"a training update diverged {now - diverged_at:.0f} s ago and was discarded")
     code = 1 if reasons else 0
     return {"code": code, "status": "degraded" if reasons else "healthy", "reasons": reasons}

@@ -36,6 +36,21 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
+def accuracy_report(daemon: Daemon, ledger: Any) -> dict[str, Any]:
+    """Online accuracy over every valid arrival (trained, dropped or queued), and how many were trained.
+
+    ``samples`` counts the arrivals scored so far (a dropped sample is scored when the loop gets to
+    it); ``unscored`` those dropped beyond what the queue could keep aside for scoring;
+    ``trained_share`` is trained / valid arrivals.
+    """
+    report = daemon.score_summary()
+    arrivals = ledger.received - sum(ledger.invalid.values())
+    report["arrivals"] = arrivals
+    report["unscored"] = daemon.queue.unscored
+    report["trained_share"] = ledger.trained / arrivals if arrivals else None
+    return report
+
+
 def build_status(daemon: Daemon) -> dict[str, Any]:
     ledger = daemon.queue.snapshot()
     latest = daemon.store.latest()
@@ -45,7 +60,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "state": daemon.state,
         "uptime_s": round(time.time() - daemon.started_at, 1),
         "counters": ledger.to_dict(),
-        "accuracy": daemon.score_summary(),
+        "accuracy": accuracy_report(daemon, ledger),
         "training": {
             "updates": daemon.learner.updates,
             "mean_delay_s": daemon.mean_train_delay_s(),
@@ -56,6 +71,8 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "created_at": latest.created_at if latest else None,
             "exported": daemon.exporter.exported,
             "failed": daemon.exporter.failed,
+            "refused_nonfinite": daemon.exporter.refused_nonfinite,
+            "weights": daemon.config.snapshot.export,
             "last_export_s": daemon.exporter.last_export_s,
         },
         "memory": memory_report(),
@@ -71,5 +88,5 @@ def status_line(daemon: Daemon) -> str:
     acc_text = f"{acc:.3f}" if acc is not None else "n/a"
     return (
         f"{daemon.state}: received {ledger.received}, trained {ledger.trained}, "
-        f"queued {ledger.queued}, oacc {acc_text}, updates {daemon.learner.updates}"
+        f"queued {ledger.queued}, oacc {acc_text} (all arrivals), updates {daemon.learner.updates}"
     )

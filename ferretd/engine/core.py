@@ -16,8 +16,16 @@ Rules (decisions written down, see also versions.py and simulate.py, which mirro
 * ``U`` is the single writer (``writer_lock``): for every gradient in the lane's window it calls
   ``compensator.compensate(stage, grads, pinned, current, deltas)`` (staleness 0 included;
   one call per gradient, so exactly one per update when a = 1), averages the window, runs the
-  out-of-place SGD step and publishes the next version. A window with no gradient publishes
-  nothing.
+  out-of-place optimiser step (optim.py) and publishes the next version. A window with no
+  gradient publishes nothing.
+* Divergence guard (optim.DivergenceGuard): the last stage's forward checks each microbatch's
+  loss; a non-finite or exploding loss marks the microbatch diverged and every stage leaves its
+  gradient out of the window. ``U`` checks the new weights (finite, step not exploding); a
+  refused update publishes nothing, keeps the optimiser state, and marks the window's
+  microbatches diverged. A diverged sample is reported dropped with the guard's reason
+  (``diverged_nonfinite`` / ``diverged_exploding``) once its lowest stage is done with it.
+* Weight averaging: with ``ema_decay`` set, every published version is folded into the stage's
+  :class:`~ferretd.engine.optim.WeightAverage` under the writer lock (what ``export="ema"`` serves).
 * A sample is done (``on_done`` fires once) when the update of the lowest stage its backward
   reached is applied; a microbatch skipped at the last stage is reported dropped.
 
@@ -41,10 +49,11 @@ from torch import Tensor, nn
 from ferretd.compensation.base import Compensator
 from ferretd.config import TrainingConfig
 from ferretd.engine.learner import DoneCallback, LearnOutcome
+from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, optimizer_step
 from ferretd.engine.plan import Plan
 from ferretd.engine.schedule import Action, Lane
 from ferretd.engine.stage import StageContext, StageRunner
-from ferretd.engine.versions import Version, VersionStore, sgd_step
+from ferretd.engine.versions import Version, VersionStore
 
 ExtraLoss = Callable[[Tensor, Tensor], Tensor | None]
 
@@ -70,6 +79,7 @@ class _Micro:
     terminal: int | None = None
     applied: set[int] = field(default_factory=set)
     backward_done: bool = False
+    diverged: str | None = None
 
 
 @dataclass
@@ -83,13 +93,19 @@ class _Entry:
 class StageState:
     runner: StageRunner
     store: VersionStore
-    momentum: list[Tensor | None]
+    optim: OptimStates
+    average: WeightAverage | None = None
     writer_lock: threading.Lock = field(default_factory=threading.Lock)
     omitted_ctx: set[StageContext] = field(default_factory=set)
     staleness_max: int = 0
     staleness_sum: int = 0
     staleness_n: int = 0
     updates: int = 0
+
+    @property
+    def momentum(self) -> list[Tensor | None]:
+        """SGD momentum (or Adam's first moment) per parameter."""
+        return [p.first for p in self.optim.params]
 
 
 class PipelineCore:
@@ -106,6 +122,8 @@ class PipelineCore:
         extra_loss: ExtraLoss | None = None,
         record_inputs: bool = False,
         log_limit: int | None = None,
+        guard: DivergenceGuard | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         blocks = list(model.children())
         if len(blocks) != plan.num_blocks:
@@ -115,6 +133,8 @@ class PipelineCore:
         self.compensator = compensator
         self.extra_loss = extra_loss
         self.record_inputs = record_inputs
+        self.guard = guard if guard is not None else DivergenceGuard.from_config(training)
+        self.ema_decay = ema_decay
         self.num_stages = plan.num_stages
         devs = list(devices) if devices is not None else [torch.device(d) for d in plan.devices]
         self.stages: list[StageState] = []
@@ -123,7 +143,8 @@ class PipelineCore:
             module = nn.Sequential(*[copy.deepcopy(blk) for blk in blocks[a:b]])
             runner = StageRunner(j, module, devs[j], last=j == self.num_stages - 1)
             store = VersionStore(runner.initial_tensors(), keep_deltas=compensator is not None)
-            self.stages.append(StageState(runner, store, [None] * len(runner.names)))
+            average = WeightAverage(ema_decay, store.current.tensors) if ema_decay else None
+            self.stages.append(StageState(runner, store, OptimStates.empty(len(runner.names)), average))
             self.param_names.append([f"{a + int(n.split('.', 1)[0])}.{n.split('.', 1)[1]}" for n in runner.names])
         self.loss = nn.CrossEntropyLoss()
         self.lock = threading.Lock()
@@ -196,6 +217,11 @@ class PipelineCore:
         x = mb.x if s == 0 else mb.acts.pop(s - 1)
         loss_fn = self._loss_fn(mb.y) if st.runner.last else None
         out = st.runner.forward(ctx, version.tensors, x, loss_fn)
+        if st.runner.last and loss_fn is not None:
+            with self.lock:
+                mb.diverged = self.guard.check_loss(float(out))
+                if mb.diverged is not None:
+                    self.guard.refused(mb.diverged)
         if omitted:
             with st.store.lock:
                 st.store.unpin(version)
@@ -267,7 +293,7 @@ class PipelineCore:
         """Call with ``self.lock`` held: the outcome to report, and forget finished microbatches."""
         out = []
         if mb.terminal is not None and mb.terminal >= 0 and mb.terminal in mb.applied:
-            out.append((mb.callbacks, LearnOutcome(True)))
+            out.append((mb.callbacks, LearnOutcome(mb.diverged is None, mb.diverged or "")))
             mb.terminal = -2
         if mb.backward_done and mb.terminal is not None and mb.terminal < 0:
             self.micro.pop(m, None)
@@ -278,51 +304,72 @@ class PipelineCore:
         st = self.stages[s]
         with self.lock:
             entries = self.windows.pop(a.lane, [])
+            flagged = {e.microbatch for e in entries if (mb := self.micro.get(e.microbatch)) and mb.diverged}
         if not entries:
             return self._log(LogEntry(a, (), -1, skipped=True))
-        tr = self.training
         with st.writer_lock:
             cur = st.store.current
-            applied: list[list[Tensor]] = []
-            for e in entries:
-                tau = cur.number - e.version.number
-                st.staleness_max = max(st.staleness_max, tau)
-                st.staleness_sum += tau
-                st.staleness_n += 1
-                if self.compensator is None:
-                    applied.append(e.grads)
-                else:
-                    deltas = st.store.deltas_since(e.version.number)
-                    applied.append(self.compensator.compensate(s, e.grads, e.version.tensors, cur.tensors, deltas))
-            if len(applied) == 1:
-                total = applied[0]
-            else:
-                total = [torch.stack(gs).sum(0) / len(gs) for gs in zip(*applied, strict=True)]
-            new = sgd_step(
-                cur.tensors, total, st.momentum, lr=tr.lr, momentum=tr.momentum, weight_decay=tr.weight_decay
-            )
+            kept = [e for e in entries if e.microbatch not in flagged]
+            refused: str | None = None
+            new: tuple[Tensor, ...] | None = None
+            if kept:
+                new, optim = self._step(s, st, cur, kept)
+                refused = self.guard.check_update(cur.tensors, new)
+                if refused is not None:
+                    self.guard.refused(refused)
             with st.store.lock:
                 for e in entries:
                     st.store.unpin(e.version)
-                version = st.store.publish(new)
-                entry = LogEntry(a, tuple(e.version.number for e in entries), cur.number)
-                self._log(entry)
-                for ctx in [c for c in st.omitted_ctx if c.version_number != version.number]:
-                    ctx.stale = True
-                    ctx.release()
-                    st.omitted_ctx.discard(ctx)
-            st.updates += 1
-        if self.probe is not None:
+                if new is None or refused is not None:
+                    entry = self._log(LogEntry(a, tuple(e.version.number for e in entries), cur.number, skipped=True))
+                    version = None
+                else:
+                    version = st.store.publish(new)
+                    entry = LogEntry(a, tuple(e.version.number for e in entries), cur.number)
+                    self._log(entry)
+                    for ctx in [c for c in st.omitted_ctx if c.version_number != version.number]:
+                        ctx.stale = True
+                        ctx.release()
+                        st.omitted_ctx.discard(ctx)
+            if version is not None:
+                st.optim = optim
+                if st.average is not None:
+                    st.average.update(version.tensors)
+                st.updates += 1
+        if self.probe is not None and version is not None:
             self.probe("publish", stage=s, version=version.number, tensors=version.tensors)
         fire = []
         with self.lock:
             for e in entries:
                 mb = self.micro.get(e.microbatch)
                 if mb is not None:
+                    if refused is not None and mb.diverged is None:
+                        mb.diverged = refused
                     mb.applied.add(s)
                     fire += self._settle(e.microbatch, mb)
         _fire(fire)
         return entry
+
+    def _step(
+        self, s: int, st: StageState, cur: Version, entries: list[_Entry]
+    ) -> tuple[tuple[Tensor, ...], OptimStates]:
+        """Compensate and average the window's gradients; the optimiser's new weights and state."""
+        applied: list[list[Tensor]] = []
+        for e in entries:
+            tau = cur.number - e.version.number
+            st.staleness_max = max(st.staleness_max, tau)
+            st.staleness_sum += tau
+            st.staleness_n += 1
+            if self.compensator is None:
+                applied.append(e.grads)
+            else:
+                deltas = st.store.deltas_since(e.version.number)
+                applied.append(self.compensator.compensate(s, e.grads, e.version.tensors, cur.tensors, deltas))
+        if len(applied) == 1:
+            total = applied[0]
+        else:
+            total = [torch.stack(gs).sum(0) / len(gs) for gs in zip(*applied, strict=True)]
+        return optimizer_step(cur.tensors, total, st.optim, self.training)
 
     # ------------------------------------------------------------------ model views
 
@@ -344,21 +391,46 @@ class PipelineCore:
 
     def snapshot(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Weights and momentum of every stage's current version, each stage read under its writer lock."""
+        weights, optim = self.learning_state()[:2]
+        momentum = {n: e["first"] for n, e in optim.items() if "first" in e}
+        return weights, momentum
+
+    def learning_state(self) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]], dict[str, Tensor] | None]:
+        """Weights, optimiser state and averaged weights (None when off) by full parameter name."""
         weights: dict[str, Tensor] = {}
-        momentum: dict[str, Tensor] = {}
+        optim: dict[str, dict[str, Any]] = {}
+        average: dict[str, Tensor] | None = {} if self.ema_decay else None
         for names, st in zip(self.param_names, self.stages, strict=True):
             with st.writer_lock:
                 tensors = st.store.current.tensors
                 weights.update({n: t.detach().cpu().clone() for n, t in zip(names, tensors, strict=True)})
-                pairs = zip(names, st.momentum, strict=True)
-                momentum.update({n: b.detach().cpu().clone() for n, b in pairs if b is not None})
-        return weights, momentum
+                optim.update(st.optim.to_dict(names))
+                if average is not None and st.average is not None:
+                    pairs = zip(names, st.average.tensors, strict=True)
+                    average.update({n: t.detach().cpu().clone() for n, t in pairs})
+        return weights, optim, average
 
-    def load_state(self, weights: dict[str, Tensor], momentum: dict[str, Tensor]) -> None:
+    def averaged_count(self) -> int:
+        return min((st.average.count for st in self.stages if st.average is not None), default=0)
+
+    def load_state(
+        self,
+        weights: dict[str, Tensor],
+        momentum: dict[str, Tensor],
+        optim: dict[str, dict[str, Any]] | None = None,
+        average: dict[str, Tensor] | None = None,
+        average_count: int = 0,
+    ) -> None:
+        """Install weights and optimiser state (``optim``, else SGD ``momentum``) by full name."""
+        saved = optim if optim is not None else {n: {"first": t} for n, t in momentum.items()}
         for names, st in zip(self.param_names, self.stages, strict=True):
             dev = st.runner.device
             st.store.reset(tuple(weights[n].to(dev) for n in names))
-            st.momentum = [momentum[n].to(dev).clone() if n in momentum else None for n in names]
+            st.optim = OptimStates.from_dict(names, saved, dev)
+            if st.average is not None:
+                have = average is not None and all(n in average for n in names)
+                src = [average[n].to(dev) for n in names] if have and average is not None else st.store.current.tensors
+                st.average.reset(src, average_count if have else 0)
 
     def stats(self) -> list[dict[str, Any]]:
         return [
@@ -372,6 +444,7 @@ class PipelineCore:
                 "live_versions": st.store.live_versions(),
                 "max_live_versions": st.store.max_live,
                 "version_bytes": st.store.bytes_held(),
+                "optimizer_bytes": st.optim.nbytes(),
             }
             for j, st in enumerate(self.stages)
         ]

@@ -70,6 +70,19 @@ class OnlineLearner(ABC):
         return None
 
 
+def ema_decay_for(config: Any) -> float | None:
+    """``[snapshot] export = "ema"``: the decay of the weight average the learner keeps, else None."""
+    return config.snapshot.ema_decay if config.snapshot.export == "ema" else None
+
+
+def load_extras(state: dict[str, Any], norm: Any, guard: Any) -> None:
+    """Restore the normaliser and divergence-guard parts of a learner state (absent: left as is)."""
+    if norm is not None and state.get("normalizer"):
+        norm.load(state["normalizer"])
+    if guard is not None and state.get("guard"):
+        guard.load(state["guard"])
+
+
 class PrequentialScore:
     """Online accuracy (cumulative and over a recent window) beside two reference baselines.
 

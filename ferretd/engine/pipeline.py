@@ -15,8 +15,14 @@ Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs
 intra-op threads to ``max(1, cores // cpu_lanes)``, never more than the constructing thread's
 own setting (a per-thread setting; the caller's thread is left as it is).
 
-``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights and
-momentum (by full-model parameter name) and rebuilds stages, program and lanes. When the
+``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights,
+optimiser state and averaged weights (by full-model parameter name) and rebuilds stages,
+program and lanes.
+
+Normalisation (``norm``, a :class:`~ferretd.models.normalize.RunningNorm`) happens here, in the
+caller's thread, before a sample enters the engine: ``learn_one`` folds the sample into the
+statistics and then normalises it; ``predict_one`` only normalises. ``export_module`` returns
+``Normalized(frozen norm, weights)``, the averaged weights when ``ema_decay`` is set. When the
 partition changes, the compensator's per-stage state is reset (its tensors no longer match).
 """
 
@@ -36,10 +42,12 @@ from ferretd.compensation.base import Compensator
 from ferretd.config import Config, TrainingConfig
 from ferretd.engine.clock import OnlineProgram, cost_function
 from ferretd.engine.core import PipelineCore
-from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner
+from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner, ema_decay_for, load_extras
+from ferretd.engine.optim import DivergenceGuard
 from ferretd.engine.plan import Plan
 from ferretd.engine.runtime import RealtimeExecutor, VirtualExecutor
 from ferretd.engine.schedule import Action
+from ferretd.models.normalize import RunningNorm, make_norm_for, wrap_export
 from ferretd.ocl.base import OclMethod
 
 
@@ -72,6 +80,8 @@ class PipelineLearner(OnlineLearner):
         jitter: Callable[[Action], None] | None = None,
         record_inputs: bool = False,
         log_limit: int | None = 10_000,
+        norm: RunningNorm | None = None,
+        ema_decay: float | None = None,
     ) -> None:
         if executor not in ("realtime", "virtual"):
             raise ValueError(f"executor must be 'realtime' or 'virtual', got {executor!r}")
@@ -86,6 +96,9 @@ class PipelineLearner(OnlineLearner):
         self.jitter = jitter
         self.record_inputs = record_inputs
         self.log_limit = log_limit
+        self.norm = norm
+        self.ema_decay = ema_decay
+        self.guard = DivergenceGuard.from_config(training)
         self._samples = 0
         self._microbatches = 0
         self._buffers: dict[int, list[tuple[np.ndarray, int, DoneCallback | None, float]]] = {}
@@ -93,7 +106,13 @@ class PipelineLearner(OnlineLearner):
 
     # ------------------------------------------------------------------ construction
 
-    def _build(self, plan: Plan, weights: dict[str, Tensor] | None, momentum: dict[str, Tensor] | None) -> None:
+    def _build(
+        self,
+        plan: Plan,
+        weights: dict[str, Tensor] | None,
+        momentum: dict[str, Tensor] | None,
+        **learning: Any,
+    ) -> None:
         self.plan = plan
         devs = resolve_devices(plan, self.device_policy)
         self.core = PipelineCore(
@@ -105,9 +124,11 @@ class PipelineLearner(OnlineLearner):
             extra_loss=self.ocl.extra_loss if self.ocl is not None else None,
             record_inputs=self.record_inputs,
             log_limit=self.log_limit,
+            guard=self.guard,
+            ema_decay=self.ema_decay,
         )
         if weights is not None:
-            self.core.load_state(weights, momentum or {})
+            self.core.load_state(weights, momentum or {}, **learning)
         self.active = plan.active_workers
         acc = {(w, s): plan.workers[w].accumulation[s] for w in self.active for s in range(plan.num_stages)}
         self.program = OnlineProgram(plan.num_stages, acc)
@@ -118,6 +139,7 @@ class PipelineLearner(OnlineLearner):
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
             self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
+
 
     def in_flight_capacity(self) -> int:
         """Samples the engine should hold to keep every lane busy and finish without a flush.
@@ -138,11 +160,16 @@ class PipelineLearner(OnlineLearner):
         return max(st.updates for st in self.core.stages)
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
+        if self.norm is not None:
+            x = self.norm.apply(x)
         xb = torch.as_tensor(x, dtype=torch.float32).unsqueeze(0)
         logits = self.core.predict(xb)
         return torch.softmax(logits.float().cpu(), dim=1)[0].numpy()
 
     def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
+        if self.norm is not None:
+            self.norm.update(x)
+            x = self.norm.apply(x)
         i = self._samples
         self._samples += 1
         worker = self.active[i % len(self.active)]
@@ -174,15 +201,21 @@ class PipelineLearner(OnlineLearner):
 
     def export_module(self) -> nn.Module:
         module = copy.deepcopy(self.template)
-        module.load_state_dict(self.core.full_state(), strict=False)
-        return module.eval()
+        weights, _, average = self.core.learning_state()
+        module.load_state_dict(average if average is not None else weights, strict=False)
+        return wrap_export(module, self.norm)
 
     def state_dict(self) -> dict[str, Any]:
-        weights, momentum = self.core.snapshot()
+        weights, optim, average = self.core.learning_state()
         return {
             "kind": "pipeline",
             "model": weights,
-            "momentum": momentum,
+            "momentum": {n: e["first"] for n, e in optim.items() if "first" in e},
+            "optim": optim,
+            "average": average,
+            "average_count": self.core.averaged_count(),
+            "normalizer": self.norm.state() if self.norm is not None else None,
+            "guard": self.guard.state(),
             "compensator": self.compensator.state_dict() if self.compensator is not None else {},
             "ocl": self.ocl.state_dict() if self.ocl is not None else {},
             "updates": [st.updates for st in self.core.stages],
@@ -191,7 +224,14 @@ class PipelineLearner(OnlineLearner):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flush()
-        self.core.load_state(state["model"], state.get("momentum", {}))
+        self.core.load_state(
+            state["model"],
+            state.get("momentum", {}),
+            optim=state.get("optim"),
+            average=state.get("average"),
+            average_count=int(state.get("average_count") or 0),
+        )
+        load_extras(state, self.norm, self.guard)
         if self.compensator is not None and state.get("compensator"):
             self.compensator.load_state_dict(state["compensator"])
         if self.ocl is not None and state.get("ocl"):
@@ -206,12 +246,13 @@ class PipelineLearner(OnlineLearner):
         if not self.flush(timeout):
             return False
         updates = max(st.updates for st in self.core.stages)
-        weights, momentum = self.core.snapshot()
+        weights, optim, average = self.core.learning_state()
+        count = self.core.averaged_count()
         self.executor.close()
         if self.compensator is not None and plan.partition != self.plan.partition:
             # per-stage statistics (EMAs, fitted lambdas) describe the old stages' tensors
             self.compensator.load_state_dict({"method": self.compensator.name})
-        self._build(plan, weights, momentum)
+        self._build(plan, weights, {}, optim=optim, average=average, average_count=count)
         for st in self.core.stages:
             st.updates = updates
         return True
@@ -233,6 +274,8 @@ class PipelineLearner(OnlineLearner):
             "lane_utilisation": self.executor.utilisation(),
             "compensator": self.compensator.stats() if self.compensator is not None else {},
             "ocl": self.ocl.stats() if self.ocl is not None else {},
+            "guard": self.guard.stats(),
+            "normalizer": self.norm.stats() if self.norm is not None else None,
         }
 
     @classmethod
@@ -258,6 +301,8 @@ class PipelineLearner(OnlineLearner):
         )
         model = build_model(config.model, seed=config.training.seed)
         kwargs.setdefault("executor", config.pipeline.executor)
+        kwargs.setdefault("norm", make_norm_for(config))
+        kwargs.setdefault("ema_decay", ema_decay_for(config))
         return cls(model, plan, config.training, compensator=compensator, ocl=ocl, **kwargs)
 
     def close(self) -> None:

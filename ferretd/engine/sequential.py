@@ -1,7 +1,14 @@
-"""The single-stage, single-worker learner: plain SGD on every microbatch, in the caller's thread.
+"""The single-stage, single-worker learner: one optimiser update per microbatch, in the caller's thread.
 
 This is the reference the pipeline engine is measured against (P=1, N=1 must match it bitwise)
-and the learner the daemon falls back to when the plan has one stage and one worker.
+and the learner the daemon falls back to when the plan has one stage and one worker. It shares
+the pipeline core's update rule: gradients by ``torch.autograd.grad`` (no ``.grad``, no
+torch.optim wrapper), the functional step of :mod:`ferretd.engine.optim`, the divergence guard
+(a refused update leaves weights and optimiser state untouched and its samples are reported
+dropped with the guard's reason), and optional weight averaging for export. The model stays in
+its constructed mode (no per-step ``train()``/``eval()`` switch; the built-in models have no
+mode-dependent layers, and the pipeline engine does the same); ``export_module`` returns an
+eval-mode copy.
 """
 
 from __future__ import annotations
@@ -15,21 +22,30 @@ import torch
 from torch import nn
 
 from ferretd.config import TrainingConfig
-from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner
+from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner, load_extras
+from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, optimizer_step
+from ferretd.models.normalize import RunningNorm, wrap_export
 
 
 class SequentialLearner(OnlineLearner):
-    """SGD on a torch model, one update per ``microbatch`` samples, synchronously."""
+    """One functional optimiser update per ``microbatch`` samples, synchronously."""
 
-    def __init__(self, model: nn.Module, training: TrainingConfig) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        training: TrainingConfig,
+        *,
+        norm: RunningNorm | None = None,
+        ema_decay: float | None = None,
+    ) -> None:
         self.model = model
         self.training = training
-        self.optimizer = torch.optim.SGD(
-            model.parameters(),
-            lr=training.lr,
-            momentum=training.momentum,
-            weight_decay=training.weight_decay,
-        )
+        self.norm = norm
+        self.names = [n for n, _ in model.named_parameters()]
+        self.params = [p for _, p in model.named_parameters()]
+        self.optim = OptimStates.empty(len(self.params))
+        self.guard = DivergenceGuard.from_config(training)
+        self.average = WeightAverage(ema_decay, self.params) if ema_decay else None
         self.loss_fn = nn.CrossEntropyLoss()
         self._pending_x: list[np.ndarray] = []
         self._pending_y: list[int] = []
@@ -43,13 +59,16 @@ class SequentialLearner(OnlineLearner):
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         with self._lock, torch.no_grad():
-            was_training = self.model.training
-            self.model.eval()
+            if self.norm is not None:
+                x = self.norm.apply(x)
             logits = self.model(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0))
-            self.model.train(was_training)
         return torch.softmax(logits, dim=1)[0].numpy()
 
     def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
+        if self.norm is not None:
+            with self._lock:
+                self.norm.update(x)
+                x = self.norm.apply(x)
         self._pending_x.append(x)
         self._pending_y.append(int(y))
         self._pending_done.append(on_done)
@@ -67,35 +86,74 @@ class SequentialLearner(OnlineLearner):
         done = self._pending_done
         self._pending_x, self._pending_y, self._pending_done = [], [], []
         with self._lock:
-            self.model.train()
-            self.optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.model(xb), yb)
-            loss.backward()
-            self.optimizer.step()
-            self._updates += 1
+            refused = self.guard.check_loss(float(loss.detach()))
+            if refused is None:
+                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
+                grads = tuple(
+                    g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params, strict=True)
+                )
+                current = tuple(p.detach() for p in self.params)
+                new, optim = optimizer_step(current, list(grads), self.optim, self.training)
+                refused = self.guard.check_update(current, new)
+                if refused is None:
+                    with torch.no_grad():
+                        for p, n in zip(self.params, new, strict=True):
+                            p.copy_(n)
+                    self.optim = optim
+                    if self.average is not None:
+                        self.average.update(new)
+                    self._updates += 1
+            if refused is not None:
+                self.guard.refused(refused)
+        outcome = LearnOutcome(refused is None, refused or "")
         for callback in done:
             if callback is not None:
-                callback(LearnOutcome(trained=True))
+                callback(outcome)
 
     def export_module(self) -> nn.Module:
         with self._lock:
             clone = copy.deepcopy(self.model)
-        return clone.eval()
+            if self.average is not None:
+                with torch.no_grad():
+                    for p, avg in zip(clone.parameters(), self.average.tensors, strict=True):
+                        p.copy_(avg)
+            return wrap_export(clone, self.norm)
 
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {
                 "kind": "sequential",
                 "model": copy.deepcopy(self.model.state_dict()),
-                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "optim": self.optim.to_dict(self.names),
+                "average": dict(zip(self.names, [t.clone() for t in self.average.tensors], strict=True))
+                if self.average is not None
+                else None,
+                "average_count": self.average.count if self.average is not None else 0,
+                "normalizer": self.norm.state() if self.norm is not None else None,
+                "guard": self.guard.state(),
                 "updates": self._updates,
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         with self._lock:
             self.model.load_state_dict(state["model"])
-            if state.get("optimizer") is not None:  # None: weights only (resumed from another engine)
-                self.optimizer.load_state_dict(state["optimizer"])
+            device = self.params[0].device if self.params else torch.device("cpu")
+            if state.get("optim") is not None:  # None: weights only (resumed from another engine)
+                self.optim = OptimStates.from_dict(self.names, state["optim"], device)
+            elif state.get("momentum"):
+                self.optim = OptimStates.from_dict(
+                    self.names, {n: {"first": t} for n, t in state["momentum"].items()}, device
+                )
+            else:
+                self.optim = OptimStates.empty(len(self.params))
+            if self.average is not None:
+                average = state.get("average")
+                if average is not None and all(n in average for n in self.names):
+                    self.average.reset([average[n] for n in self.names], int(state.get("average_count") or 0))
+                else:
+                    self.average.reset(self.params)
+            load_extras(state, self.norm, self.guard)
             self._updates = int(state["updates"])
 
     def status(self) -> dict[str, Any]:
@@ -104,4 +162,6 @@ class SequentialLearner(OnlineLearner):
             "stages": 1,
             "workers": 1,
             "pending_in_microbatch": len(self._pending_x),
+            "guard": self.guard.stats(),
+            "normalizer": self.norm.stats() if self.norm is not None else None,
         }

@@ -4,6 +4,10 @@ The loop hands over a standalone copy of one consistent weight version (``export
 and goes back to training; this thread exports it, writes model + manifest through the store,
 and reports the manifest to ``on_saved`` (the daemon announces it). Only one export is in
 flight at a time: ``busy`` tells the loop to skip a periodic snapshot rather than pile them up.
+
+A module whose weights or buffers hold a NaN or infinity is never exported: the job fails with
+:class:`NonFiniteWeights`, counted in ``refused_nonfinite`` and logged at most once per 10 s
+(the divergence guard should make this unreachable; this is the last line of defence).
 """
 
 from __future__ import annotations
@@ -16,13 +20,25 @@ from collections.abc import Callable
 from typing import Any
 
 import structlog
+import torch
 from torch import nn
 
 from ferretd.config import Config
+from ferretd.logs import RateLimitedLog
 from ferretd.snapshot.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from ferretd.snapshot.store import SnapshotStore
 
 log = structlog.get_logger(__name__)
+
+
+class NonFiniteWeights(ValueError):
+    """The module handed over for export holds a NaN or infinity."""
+
+
+def non_finite_tensors(module: nn.Module) -> list[str]:
+    """Names of the parameters and buffers of ``module`` that hold a NaN or infinity."""
+    named = [*module.named_parameters(), *module.named_buffers()]
+    return [n for n, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]
 
 
 class SnapshotExporter:
@@ -35,6 +51,8 @@ class SnapshotExporter:
         self._thread = threading.Thread(target=self._run, name="exporter", daemon=True)
         self.exported = 0
         self.failed = 0
+        self.refused_nonfinite = 0
+        self._refused_log = RateLimitedLog(log)
         self.last_failed = False
         self.last_export_s: float | None = None
 
@@ -64,6 +82,10 @@ class SnapshotExporter:
             module, meta, future = job
             try:
                 future.set_result(self._export(module, meta))
+            except NonFiniteWeights as exc:
+                self.refused_nonfinite += 1
+                self._refused_log.warning("snapshot_refused", "snapshot_refused", reason="non_finite", detail=str(exc))
+                future.set_exception(exc)
             except Exception as exc:
                 self.failed += 1
                 self.last_failed = True
@@ -76,6 +98,9 @@ class SnapshotExporter:
     def _export(self, module: nn.Module, meta: dict[str, Any]) -> dict[str, Any]:
         cfg = self.config
         started = time.perf_counter()
+        bad = non_finite_tensors(module)
+        if bad:
+            raise NonFiniteWeights(f"non-finite weights in {', '.join(bad[:5])}")
         data = export_onnx(module, cfg.model.input_shape, cfg.snapshot.opset)
         manifest = self.store.save(
             data,
