@@ -48,8 +48,9 @@ class IngestConfig:
     endpoint: str = ""
     queue_capacity: int = 4096
     overflow: str = "drop_oldest"
-    max_message_bytes: int = 1 << 20
+    max_message_bytes: int = 64 << 10
     max_devices: int = 10_000
+    rcvhwm: int = 1000
 
     def check(self) -> None:
         _endpoint("ingest", "endpoint", self.endpoint)
@@ -57,6 +58,7 @@ class IngestConfig:
         _choice("ingest", "overflow", self.overflow, ("drop_oldest", "drop_newest"))
         _at_least("ingest", "max_message_bytes", self.max_message_bytes, 64)
         _at_least("ingest", "max_devices", self.max_devices, 1)
+        _at_least("ingest", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -237,19 +239,42 @@ class OclConfig:
     replay_per_sample: int = 1
 
     def check(self) -> None:
-        _choice("ocl", "method", self.method, ("vanilla", "er"))
+        _choice("ocl", "method", self.method, OCL_METHOD_NAMES)
         _at_least("ocl", "replay_bytes", self.replay_bytes, 0)
         _at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
+    """Online continual-learning method (ferretd/ocl): ``replay_*`` for er and mir, ``mir_*``,
+    ``lwf_*``, ``mas_*`` for their method; ``*_refresh`` counts stream samples."""
+
 
 
 @dataclass(frozen=True)
+    mir_candidates: int = 50
+    lwf_alpha: float = 1.0
+    lwf_temperature: float = 2.0
+    lwf_refresh: int = 1000
+    mas_lambda: float = 1.0
+    mas_refresh: int = 1000
 class SnapshotConfig:
     every_updates: int = 200
     every_seconds: float = 10.0
     keep: int = 5
     opset: int = 17
+        _at_least("ocl", "mir_candidates", self.mir_candidates, 1)
+        if self.lwf_alpha < 0:
+            raise ConfigError(f"[ocl] lwf_alpha: must be >= 0, got {self.lwf_alpha}")
+        _positive("ocl", "lwf_temperature", self.lwf_temperature)
+        _at_least("ocl", "lwf_refresh", self.lwf_refresh, 1)
+        if self.mas_lambda < 0:
+            raise ConfigError(f"[ocl] mas_lambda: must be >= 0, got {self.mas_lambda}")
+        _at_least("ocl", "mas_refresh", self.mas_refresh, 1)
+
+
+#: The registered OCL methods (ferretd/ocl; a contract test keeps this list equal to the registry).
+OCL_METHOD_NAMES = ("vanilla", "er", "mir", "lwf", "mas")
     announce_endpoint: str = ""
     latest_endpoint: str = ""
+    max_request_bytes: int = 4096
+    rcvhwm: int = 16
     export: str = "latest"
     ema_decay: float = 0.99
 
@@ -265,6 +290,8 @@ class SnapshotConfig:
             raise ConfigError(f"[snapshot] opset: must be between 13 and 21, got {self.opset}")
         _endpoint("snapshot", "announce_endpoint", self.announce_endpoint)
         _endpoint("snapshot", "latest_endpoint", self.latest_endpoint)
+        _at_least("snapshot", "max_request_bytes", self.max_request_bytes, 64)
+        _at_least("snapshot", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -284,10 +311,14 @@ class CheckpointConfig:
 class ControlConfig:
     endpoint: str = ""
     timeout_s: float = 5.0
+    max_request_bytes: int = 65536
+    rcvhwm: int = 16
 
     def check(self) -> None:
         _endpoint("control", "endpoint", self.endpoint)
         _positive("control", "timeout_s", self.timeout_s)
+        _at_least("control", "max_request_bytes", self.max_request_bytes, 64)
+        _at_least("control", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -295,10 +326,67 @@ class InferenceConfig:
     endpoint: str = ""
     snapshot_dir: str = ""
     intra_op_threads: int = 1
+    max_request_bytes: int = 64 << 10
+    rcvhwm: int = 64
 
     def check(self) -> None:
         _endpoint("inference", "endpoint", self.endpoint)
         _at_least("inference", "intra_op_threads", self.intra_op_threads, 1)
+        _at_least("inference", "max_request_bytes", self.max_request_bytes, 64)
+        _at_least("inference", "rcvhwm", self.rcvhwm, 1)
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """CURVE keys for tcp endpoints (see docs/security.md). ``server_secret_key_file`` is a
+    ``ferretctl keygen`` secret certificate; clients whose public certificates lie in
+    ``authorized_keys_dir`` may connect. ``client_secret_key_file`` / ``server_public_key_file``
+    are what this process presents when it connects as a client (ferret-infer to the snapshot
+    endpoints); empty means the server key pair itself."""
+
+    server_secret_key_file: str = ""
+    authorized_keys_dir: str = ""
+    client_secret_key_file: str = ""
+    server_public_key_file: str = ""
+    insecure: bool = False
+
+    @property
+    def curve(self) -> bool:
+        return bool(self.server_secret_key_file)
+
+    def check(self) -> None:
+        for key in ("server_secret_key_file", "client_secret_key_file", "server_public_key_file"):
+            value = getattr(self, key)
+            if value and not Path(value).expanduser().is_file():
+                raise ConfigError(f"[security] {key}: no such file {value!r} (make one with ferretctl keygen)")
+        if self.authorized_keys_dir and not Path(self.authorized_keys_dir).expanduser().is_dir():
+            raise ConfigError(f"[security] authorized_keys_dir: no such directory {self.authorized_keys_dir!r}")
+        if self.curve and not self.authorized_keys_dir:
+            raise ConfigError("[security] authorized_keys_dir: needed with server_secret_key_file (allowed clients)")
+
+
+def _check_tcp_security(config: Config) -> None:
+    """A tcp endpoint needs CURVE keys, or ``insecure = true``; control over tcp always needs keys."""
+    sec = config.security
+    endpoints = [
+        ("control", "endpoint", config.control.endpoint),
+        ("ingest", "endpoint", config.ingest.endpoint),
+        ("inference", "endpoint", config.inference.endpoint),
+        ("snapshot", "announce_endpoint", config.snapshot.announce_endpoint),
+        ("snapshot", "latest_endpoint", config.snapshot.latest_endpoint),
+    ]
+    for section, key, value in endpoints:
+        if not value.startswith("tcp://") or sec.curve:
+            continue
+        if section == "control":
+            raise ConfigError(
+                f"[control] endpoint: {value} over tcp needs [security] server_secret_key_file (keep control on ipc)"
+            )
+        if not sec.insecure:
+            raise ConfigError(
+                f"[{section}] {key}: {value} is tcp without authentication; set [security] "
+                "server_secret_key_file and authorized_keys_dir, or insecure = true"
+            )
 
 
 @dataclass(frozen=True)
@@ -316,6 +404,10 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def check(self) -> None:
+        _check_tcp_security(self)
 
     # Resolved locations (always absolute after load_config).
     @property

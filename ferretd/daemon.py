@@ -42,6 +42,7 @@ from ferretd.snapshot.store import SnapshotStore
 from ferretd.status import build_status, status_line
 from ferretd.systemd import Notifier
 from transports.codec import Rejected, SampleDecoder
+from transports.security import KeyFileError, server_keys_from, start_authenticator
 from transports.zmq_control import ControlServer
 from transports.zmq_ingest import IngestServer
 from transports.zmq_snapshots import SnapshotService
@@ -71,6 +72,11 @@ class Daemon:
         self.decoder = SampleDecoder(
             config.model.input_shape, config.model.num_classes, config.ingest.max_message_bytes
         )
+        try:  # CURVE keys for tcp endpoints (transports.security); a bad key file is a config error
+            self.server_keys = server_keys_from(config.security)
+        except KeyFileError as exc:
+            raise ConfigError(f"[security] {exc}") from None
+        self.authenticator: Any = None
         self.replanner = Replanner(config, arrival_fn=self.queue.arrival_interval_s)
         self.plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
         self.learner: OnlineLearner = make_learner(config, self.plan)
@@ -163,16 +169,34 @@ class Daemon:
         Path(cfg.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
         from ferretd.control.commands import make_handler
 
+        keys = self.server_keys
+        if keys is not None:  # ZAP must run before the first CURVE server socket binds
+            self.authenticator = start_authenticator(self.context, cfg.security.authorized_keys_dir)
         self.snapshots = SnapshotService(
             self.context,
             cfg.snapshot.announce_endpoint,
             cfg.snapshot.latest_endpoint,
             latest=self._latest_manifest,
             fetch=self._fetch_snapshot,
+            max_request_bytes=cfg.snapshot.max_request_bytes,
+            rcvhwm=cfg.snapshot.rcvhwm,
+            curve=keys,
         )
-        self.control = ControlServer(self.context, cfg.control.endpoint, make_handler(self))
+        self.control = ControlServer(
+            self.context,
+            cfg.control.endpoint,
+            make_handler(self),
+            max_request_bytes=cfg.control.max_request_bytes,
+            rcvhwm=cfg.control.rcvhwm,
+            curve=keys,
+        )
         self.ingest = IngestServer(
-            self.context, cfg.ingest.endpoint, self.handle_frame, max_message_bytes=cfg.ingest.max_message_bytes
+            self.context,
+            cfg.ingest.endpoint,
+            self.handle_frame,
+            max_message_bytes=cfg.ingest.max_message_bytes,
+            rcvhwm=cfg.ingest.rcvhwm,
+            curve=keys,
         )
         self.exporter.start()
         self.snapshots.start()
@@ -443,6 +467,8 @@ class Daemon:
         for service in (self.control, self.snapshots):
             if service is not None:
                 service.stop()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.learner.close()
         ledger = self.queue.snapshot()
         log.info("ferretd_stopped", dropped_at_shutdown=dropped, **ledger.to_dict(), **self.score_summary())

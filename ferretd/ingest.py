@@ -19,7 +19,9 @@ on reload) is kept aside until the loop scores it with the current model
 counted in ``unscored`` instead of being predicted.
 
 Per-device sequence numbers are tracked to count gaps (numbers never received as a valid
-sample) and resets (a number at or below the last one: a device restart or reordering).
+sample) and resets (a number at or below the last one: a device restart or reordering). A
+sequence number is a u64 chosen by the peer, so those two counters saturate at
+:data:`COUNTER_MAX` instead of growing past what msgpack can encode.
 
 Stdlib only.
 """
@@ -33,6 +35,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ferretd.messages import DropReason, RejectReason, Sample
+
+COUNTER_MAX = 2**63 - 1
+"""Counters fed by peers' numbers saturate here, so a status reply can always be packed (msgpack, JSON)."""
 
 
 @dataclass(frozen=True)
@@ -165,9 +170,9 @@ class SampleQueue:
             if len(self._last_seq) >= self.max_devices:
                 self._last_seq.popitem(last=False)
         elif seq > last:
-            self._seq_gaps += seq - last - 1
+            self._seq_gaps = min(COUNTER_MAX, self._seq_gaps + (seq - last - 1))
         else:
-            self._seq_resets += 1
+            self._seq_resets = min(COUNTER_MAX, self._seq_resets + 1)
         self._last_seq[device] = seq
         self._last_seq.move_to_end(device)
 

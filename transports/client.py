@@ -5,7 +5,9 @@
 * :class:`InferenceClient` for applications asking ``ferret-infer`` for predictions.
 
 All three speak plain ZeroMQ + msgpack (see ``transports.codec``) and need neither torch nor
-the daemon's code, so they can be vendored onto a device.
+the daemon's code, so they can be vendored onto a device. Each takes an optional ``curve``
+(:class:`transports.security.ClientCurve`: the client's key pair and the server's public key)
+for tcp endpoints whose server requires CURVE authentication.
 """
 
 from __future__ import annotations
@@ -18,15 +20,21 @@ import numpy as np
 import zmq
 
 from transports.codec import encode_sample, pack, pack_array, unpack
+from transports.security import ClientCurve, apply_client_curve
 from transports.zmq_snapshots import TOPIC
 
 
 class SamplePublisher:
     """PUSHes labeled samples to ferretd. Sequence numbers count up per publisher.
 
-    ``publish`` waits at most ``send_timeout_ms`` when ZeroMQ's buffer is full (or no daemon is
-    connected yet) and then returns False; the sequence number is consumed either way, so the
-    daemon sees the loss as a sequence gap.
+    ``publish`` returns True when the sample was queued on a live connection to a daemon
+    (ZeroMQ then delivers it in the background; there is no per-sample acknowledgement: the
+    daemon's counters are the receipt). It returns False when no daemon was connected within
+    ``send_timeout_ms`` (nothing listens on the endpoint, over tcp or ipc alike) or the send
+    buffer stayed full that long: that sample was not sent. The socket uses ZMQ_IMMEDIATE, so
+    nothing is buffered for a daemon that is not there; the first ``publish`` after start waits
+    for the connection. The sequence number is consumed either way, so the daemon sees the
+    loss as a sequence gap. ``sent`` and ``unsent`` count the two outcomes.
     """
 
     def __init__(
@@ -38,6 +46,7 @@ class SamplePublisher:
         sndhwm: int = 10_000,
         start_seq: int = 0,
         context: zmq.Context | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
         self.device = device
         self._own_context = context is None
@@ -46,12 +55,15 @@ class SamplePublisher:
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
         self._socket.setsockopt(zmq.LINGER, 2000)
+        self._socket.setsockopt(zmq.IMMEDIATE, 1)  # no peer, no queueing: publish() says False
+        apply_client_curve(self._socket, curve, endpoint)
         self._socket.connect(endpoint)
         self._seq = itertools.count(start_seq)
         self.sent = 0
         self.unsent = 0
 
     def publish(self, features: np.ndarray, label: int, timestamp: float | None = None) -> bool:
+        """True: queued on a live connection to the daemon; False: not sent (see the class doc)."""
         frame = encode_sample(self.device, next(self._seq), features, label, timestamp)
         return self.send_raw(frame)
 
@@ -95,12 +107,15 @@ class SnapshotSubscriber:
         *,
         request_timeout_ms: int = 2000,
         context: zmq.Context | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self._curve = curve
+        apply_client_curve(self._sub, curve, announce_endpoint)
         self._sub.connect(announce_endpoint)
         self._latest_endpoint = latest_endpoint
         self._timeout_ms = request_timeout_ms
@@ -111,6 +126,7 @@ class SnapshotSubscriber:
     def _new_dealer(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve, self._latest_endpoint)
         sock.connect(self._latest_endpoint)
         return sock
 
@@ -188,7 +204,15 @@ class InferenceError(RuntimeError):
 class InferenceClient:
     """Asks ``ferret-infer`` for predictions over a DEALER socket."""
 
-    def __init__(self, endpoint: str, timeout_ms: int = 2000, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_ms: int = 2000,
+        context: zmq.Context | None = None,
+        *,
+        curve: ClientCurve | None = None,
+    ) -> None:
+        self._curve = curve
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._endpoint = endpoint
@@ -198,6 +222,7 @@ class InferenceClient:
     def _connect(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(sock, self._curve, self._endpoint)
         sock.connect(self._endpoint)
         return sock
 

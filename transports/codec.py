@@ -5,9 +5,14 @@ A sample on the wire is one msgpack map (one ZeroMQ frame)::
     {"v": 1, "device": "sensor-7", "seq": 42, "ts": 1732200000.5,
      "dtype": "<f4", "shape": [64], "data": <raw bytes>, "label": 3}
 
-``dtype`` is a numpy type string; little- and big-endian integers and floats are accepted and
-converted to float32. Decoding validates everything and raises :class:`Rejected` with one of
-the :class:`ferretd.messages.RejectReason` values, so the caller can count it by reason.
+Every array on every socket (ingest samples, predict requests) goes through one strict decoder,
+:func:`decode_array`: the dtype string must be one of :data:`DTYPES` (looked up in a dict, so
+numpy never parses a hostile string), the rank is at most :data:`MAX_RANK`, every dimension is a
+plain non-negative int, and the byte size implied by the shape is checked against the limit and
+against the data before anything is allocated. Decoding raises only :class:`Rejected`, carrying
+one of the :class:`ferretd.messages.RejectReason` values so the caller can count it: an
+unexpected exception inside the decoder is turned into a ``malformed`` rejection too.
+``seq`` is an unsigned 64-bit integer; ``v`` must be the int 1 (not ``true`` or ``1.0``).
 
 Besides msgpack this module uses numpy (not torch): the transports stay free of the training
 core (architecture rule 2).
@@ -25,8 +30,17 @@ import numpy as np
 
 from ferretd.messages import SCHEMA_VERSION, RejectReason, Sample
 
-ACCEPTED_KINDS = frozenset("fiu")  # float, signed int, unsigned int
 MAX_DEVICE_ID_CHARS = 128
+MAX_RANK = 8
+MAX_SEQ = 2**64 - 1
+DEFAULT_MAX_ARRAY_BYTES = 64 << 20
+_NUMERIC = ("f2", "f4", "f8", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8")
+DTYPES: dict[str, np.dtype[Any]] = {
+    f"{order}{code}": np.dtype(f"{order}{code}")
+    for code in _NUMERIC
+    for order in ("<", ">", *(("|",) if code.endswith("1") else ()))
+}
+"""The accepted dtype names: little/big-endian floats (2, 4, 8 bytes) and integers, ``|`` for bytes."""
 
 
 class Rejected(ValueError):
@@ -38,6 +52,12 @@ class Rejected(ValueError):
         self.detail = detail
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """A bounded repr for error details (hostile values can be megabytes long)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}...({len(text)} chars)"
+
+
 # --------------------------------------------------------------------------- arrays
 
 
@@ -47,35 +67,51 @@ def pack_array(array: np.ndarray) -> dict[str, Any]:
     return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
 
 
-def unpack_array(obj: Any, *, max_bytes: int | None = None) -> np.ndarray:
-    """Inverse of :func:`pack_array`, validating dtype, shape and the byte count."""
+def unpack_array(obj: Any, *, max_bytes: int = DEFAULT_MAX_ARRAY_BYTES) -> np.ndarray:
+    """Inverse of :func:`pack_array` through :func:`decode_array`; raises only :class:`Rejected`."""
     if not isinstance(obj, dict):
         raise Rejected(RejectReason.MALFORMED, "array must be a mapping")
-    return _array_from(obj.get("dtype"), obj.get("shape"), obj.get("data"), max_bytes=max_bytes)
+    return decode_array(obj.get("dtype"), obj.get("shape"), obj.get("data"), max_bytes=max_bytes)
 
 
-def _array_from(dtype_str: Any, shape: Any, data: Any, *, max_bytes: int | None) -> np.ndarray:
-    if not isinstance(dtype_str, str):
-        raise Rejected(RejectReason.WRONG_DTYPE, f"dtype must be a string, got {type(dtype_str).__name__}")
+def decode_array(dtype_name: Any, shape: Any, data: Any, *, max_bytes: int) -> np.ndarray:
+    """The one strict array decoder (read-only view on ``data``); raises only :class:`Rejected`."""
     try:
-        dtype = np.dtype(dtype_str)
-    except TypeError:
-        raise Rejected(RejectReason.WRONG_DTYPE, f"unknown dtype {dtype_str!r}") from None
-    if dtype.kind not in ACCEPTED_KINDS or dtype.itemsize > 8 or dtype.fields is not None:
-        raise Rejected(RejectReason.WRONG_DTYPE, f"dtype {dtype_str!r} is not a real number type")
-    if not isinstance(shape, list | tuple) or not all(type(d) is int and d >= 0 for d in shape):
-        raise Rejected(RejectReason.WRONG_SHAPE, f"shape must be a list of non-negative ints, got {shape!r}")
-    if not isinstance(data, bytes | bytearray | memoryview):
-        raise Rejected(RejectReason.MALFORMED, "data must be raw bytes")
-    count = math.prod(shape)
-    if max_bytes is not None and count * dtype.itemsize > max_bytes:
+        return _decode_array(dtype_name, shape, data, max_bytes)
+    except Rejected:
+        raise
+    except Exception as exc:  # a bug or a numpy surprise: still a counted rejection, never a traceback
+        raise Rejected(RejectReason.MALFORMED, f"array not decodable: {type(exc).__name__}") from None
+
+
+def _decode_array(dtype_name: Any, shape: Any, data: Any, max_bytes: int) -> np.ndarray:
+    if type(dtype_name) is not str:
+        raise Rejected(RejectReason.WRONG_DTYPE, f"dtype must be a string, got {type(dtype_name).__name__}")
+    dtype = DTYPES.get(dtype_name)
+    if dtype is None:
+        raise Rejected(RejectReason.WRONG_DTYPE, f"dtype {_short(dtype_name)} is not one of {' '.join(DTYPES)}")
+    if type(shape) not in (list, tuple):
+        raise Rejected(RejectReason.WRONG_SHAPE, f"shape must be a list, got {type(shape).__name__}")
+    if len(shape) > MAX_RANK:
+        raise Rejected(RejectReason.WRONG_SHAPE, f"rank {len(shape)} exceeds {MAX_RANK}")
+    max_items = max_bytes // dtype.itemsize
+    count = 1
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise Rejected(RejectReason.WRONG_SHAPE, f"shape must be non-negative ints, got {_short(shape)}")
+        if dim > max_items:
+            raise Rejected(RejectReason.TOO_LARGE, f"dimension {dim} exceeds {max_items} items of {dtype_name}")
+        count *= dim  # every factor <= max_items, so the product stays a small bignum at worst
+    if count > max_items:
         raise Rejected(RejectReason.TOO_LARGE, f"array of {count * dtype.itemsize} bytes exceeds {max_bytes}")
+    if type(data) not in (bytes, bytearray):
+        raise Rejected(RejectReason.MALFORMED, "data must be raw bytes")
     if len(data) != count * dtype.itemsize:
         raise Rejected(
             RejectReason.MALFORMED,
-            f"data has {len(data)} bytes, shape {list(shape)} of {dtype_str} needs {count * dtype.itemsize}",
+            f"data has {len(data)} bytes, shape {list(shape)} of {dtype_name} needs {count * dtype.itemsize}",
         )
-    return np.frombuffer(data, dtype=dtype).reshape(shape)
+    return np.frombuffer(data, dtype=dtype).reshape(tuple(shape))
 
 
 # --------------------------------------------------------------------------- samples
@@ -101,7 +137,10 @@ def encode_sample(
 
 
 class SampleDecoder:
-    """Validates frames against the configured input shape, class count and size limit."""
+    """Validates frames against the configured input shape, class count and size limit.
+
+    :meth:`decode` returns a :class:`Sample` or raises :class:`Rejected`; nothing else escapes.
+    """
 
     def __init__(self, input_shape: Sequence[int], num_classes: int, max_message_bytes: int) -> None:
         self.input_shape = tuple(int(d) for d in input_shape)
@@ -109,6 +148,14 @@ class SampleDecoder:
         self.max_message_bytes = int(max_message_bytes)
 
     def decode(self, frame: bytes, received_at: float = 0.0) -> Sample:
+        try:
+            return self._decode(frame, received_at)
+        except Rejected:
+            raise
+        except Exception as exc:  # whatever slipped past the checks is still counted, by name
+            raise Rejected(RejectReason.MALFORMED, f"undecodable frame: {type(exc).__name__}") from None
+
+    def _decode(self, frame: bytes, received_at: float) -> Sample:
         if len(frame) > self.max_message_bytes:
             raise Rejected(RejectReason.TOO_LARGE, f"frame of {len(frame)} bytes exceeds {self.max_message_bytes}")
         try:
@@ -118,17 +165,18 @@ class SampleDecoder:
         if not isinstance(msg, dict):
             raise Rejected(RejectReason.MALFORMED, "envelope must be a map")
         version = msg.get("v")
-        if version != SCHEMA_VERSION:
-            raise Rejected(RejectReason.UNKNOWN_VERSION, f"schema version {version!r}, expected {SCHEMA_VERSION}")
+        if type(version) is not int or version != SCHEMA_VERSION:
+            raise Rejected(
+                RejectReason.UNKNOWN_VERSION, f"schema version {_short(version)}, expected the integer {SCHEMA_VERSION}"
+            )
         device, seq, ts = msg.get("device"), msg.get("seq"), msg.get("ts")
-        if not isinstance(device, str) or not 0 < len(device) <= MAX_DEVICE_ID_CHARS:
+        if type(device) is not str or not 0 < len(device) <= MAX_DEVICE_ID_CHARS:
             raise Rejected(RejectReason.MALFORMED, "device must be a non-empty string of at most 128 chars")
-        if type(seq) is not int or seq < 0:
-            raise Rejected(RejectReason.MALFORMED, f"seq must be a non-negative integer, got {seq!r}")
-        if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts):
-            raise Rejected(RejectReason.MALFORMED, f"ts must be a finite number, got {ts!r}")
-        shape = msg.get("shape")
-        array = _array_from(msg.get("dtype"), shape, msg.get("data"), max_bytes=None)
+        if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+            raise Rejected(RejectReason.MALFORMED, f"seq must be an integer in [0, 2**64), got {_short(seq)}")
+        if type(ts) not in (int, float) or not math.isfinite(ts):
+            raise Rejected(RejectReason.MALFORMED, f"ts must be a finite number, got {_short(ts)}")
+        array = decode_array(msg.get("dtype"), msg.get("shape"), msg.get("data"), max_bytes=self.max_message_bytes)
         if tuple(array.shape) != self.input_shape:
             raise Rejected(RejectReason.WRONG_SHAPE, f"shape {list(array.shape)}, expected {list(self.input_shape)}")
         if array.dtype == np.float32:
@@ -141,7 +189,7 @@ class SampleDecoder:
         label = msg.get("label")
         if type(label) is not int or not 0 <= label < self.num_classes:
             raise Rejected(
-                RejectReason.BAD_LABEL, f"label must be an integer in [0, {self.num_classes}), got {label!r}"
+                RejectReason.BAD_LABEL, f"label must be an integer in [0, {self.num_classes}), got {_short(label)}"
             )
         return Sample(
             device=device, seq=seq, timestamp=float(ts), features=features, label=label, received_at=received_at

@@ -4,11 +4,14 @@ Wire: a DEALER (or REQ) sends ``[b"", msgpack({"cmd": ..., "args": {...}})]`` an
 ``[b"", msgpack({"ok": ..., "result": ..., "error": ...})]``. The server thread only moves
 messages: ``handle`` (supplied by the daemon) turns a request into a reply, enqueueing any
 state change for the daemon loop.
+
+The thread survives any request: garbage, a failing handler or a reply that cannot be packed
+each get an ``ok: false`` reply and are counted in ``errors``; a request above
+``max_request_bytes`` makes ZeroMQ drop that peer (see ``transports.security``).
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -16,39 +19,35 @@ from typing import Any
 import structlog
 import zmq
 
+from ferretd.logs import RateLimitedLog
 from ferretd.messages import ControlReply, ControlRequest
 from transports.codec import pack, unpack
+from transports.security import ClientCurve, CurveKeys, apply_client_curve, bind_private, bind_server, ipc_path
 
 log = structlog.get_logger(__name__)
 
 Handler = Callable[[ControlRequest], ControlReply]
-
-
-def ipc_path(endpoint: str) -> str | None:
-    return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
-
-
-def bind_private(socket: zmq.Socket, endpoint: str) -> None:
-    """Bind; an ipc file is created under umask 077 and then set to 0600 explicitly."""
-    path = ipc_path(endpoint)
-    if path is None:
-        socket.bind(endpoint)
-        return
-    old = os.umask(0o077)
-    try:
-        socket.bind(endpoint)
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
+__all__ = ["ControlClient", "ControlServer", "bind_private", "ipc_path"]
 
 
 class ControlServer:
-    def __init__(self, context: zmq.Context, endpoint: str, handle: Handler) -> None:
+    def __init__(
+        self,
+        context: zmq.Context,
+        endpoint: str,
+        handle: Handler,
+        *,
+        max_request_bytes: int = 65536,
+        rcvhwm: int = 16,
+        curve: CurveKeys | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self._handle = handle
         self._socket = context.socket(zmq.ROUTER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        bind_private(self._socket, endpoint)
+        bind_server(self._socket, endpoint, max_message_bytes=max_request_bytes, rcvhwm=rcvhwm, curve=curve)
+        self.requests = 0
+        self.errors = 0
+        self._bad = RateLimitedLog(log)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="control", daemon=True)
 
@@ -71,35 +70,56 @@ class ControlServer:
                 frames = self._socket.recv_multipart(zmq.NOBLOCK)
             except zmq.ZMQError:
                 continue
+            self.requests += 1
             envelope, payload = frames[:-1], frames[-1]
-            reply = self._answer(payload)
             try:
-                self._socket.send_multipart([*envelope, pack(reply.to_dict())])
-            except zmq.ZMQError as exc:
-                log.warning("control_reply_failed", error=str(exc))
+                self._socket.send_multipart([*envelope, self._reply_bytes(payload)])
+            except Exception as exc:  # a vanished peer or a bad envelope: never the thread's end
+                self.errors += 1
+                self._bad.warning("control_reply_failed", "control_reply_failed", error=str(exc))
+
+    def _reply_bytes(self, payload: bytes) -> bytes:
+        reply = self._answer(payload)
+        try:
+            return pack(reply.to_dict())
+        except Exception as exc:  # e.g. an integer past 2**64 in a result
+            self.errors += 1
+            self._bad.warning("control_unpackable", "control_reply_unpackable", error=f"{type(exc).__name__}: {exc}")
+            return pack({"ok": False, "result": {}, "error": f"reply could not be encoded: {type(exc).__name__}"})
 
     def _answer(self, payload: bytes) -> ControlReply:
         try:
             request = ControlRequest.from_dict(unpack(payload))
-        except ValueError as exc:
-            return ControlReply(ok=False, error=f"bad request: {exc}")
+        except Exception as exc:
+            self.errors += 1
+            self._bad.warning("control_bad_request", "control_bad_request", error=str(exc)[:200])
+            return ControlReply(ok=False, error=f"bad request: {str(exc)[:200]}")
         try:
             return self._handle(request)
         except Exception as exc:
-            log.exception("control_handler_failed", cmd=request.cmd)
-            return ControlReply(ok=False, error=f"{request.cmd} failed: {exc}")
+            self.errors += 1
+            log.exception("control_handler_failed", cmd=request.cmd[:64])
+            return ControlReply(ok=False, error=f"{request.cmd[:64]} failed: {str(exc)[:200]}")
 
 
 class ControlClient:
     """A short-lived DEALER for one or a few commands (what ``ferretctl`` uses)."""
 
-    def __init__(self, endpoint: str, timeout_s: float = 5.0, context: zmq.Context | None = None) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        timeout_s: float = 5.0,
+        context: zmq.Context | None = None,
+        *,
+        curve: ClientCurve | None = None,
+    ) -> None:
         self.endpoint = endpoint
         self.timeout_ms = int(timeout_s * 1000)
         self._own_context = context is None
         self._context = context or zmq.Context()
         self._socket = self._context.socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        apply_client_curve(self._socket, curve, endpoint)
         self._socket.connect(endpoint)
 
     def call(self, cmd: str, **args: Any) -> ControlReply:

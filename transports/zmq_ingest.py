@@ -1,11 +1,14 @@
 """The ingest socket: a ZeroMQ PULL bound for devices, drained on its own thread.
 
 Each received frame goes to ``handle_frame`` (the daemon decodes, validates and enqueues it).
-A multipart message is handed over as ``None`` so it can be counted as malformed. The socket
-has a generous receive high-water mark; ``MAXMSGSIZE`` is set far above the configured message
-limit as a memory guard only: frames past the configured limit but under the guard are
-received and counted as ``too_large``, while a frame past the guard makes ZeroMQ drop that peer
-before any byte reaches us (it cannot be counted).
+A multipart message is handed over as ``None`` so it can be counted as malformed.
+
+Memory is bounded by ``RCVHWM`` (``[ingest] rcvhwm`` frames buffered per connected peer) times
+``MAXMSGSIZE``, which is the configured message limit plus :data:`GUARD_SLACK_BYTES`: a frame a
+little past the limit is still received and counted as ``too_large`` (so a misconfigured device
+shows up in the counters), while a frame past the guard makes ZeroMQ drop that peer before any
+byte reaches us (it cannot be counted). On tcp with CURVE keys only authorized devices connect
+(``transports.security``); an ipc socket file is owner-only.
 """
 
 from __future__ import annotations
@@ -17,7 +20,12 @@ from collections.abc import Callable
 import structlog
 import zmq
 
+from ferretd.logs import RateLimitedLog
+from transports.security import CurveKeys, bind_server
+
 log = structlog.get_logger(__name__)
+
+GUARD_SLACK_BYTES = 64 << 10
 
 FrameHandler = Callable[[bytes | None, float], None]
 
@@ -32,20 +40,21 @@ class IngestServer:
         handle_frame: FrameHandler,
         *,
         max_message_bytes: int,
-        rcvhwm: int = 100_000,
+        rcvhwm: int = 1000,
         batch: int = 256,
+        curve: CurveKeys | None = None,
     ) -> None:
         self.endpoint = endpoint
         self._handle = handle_frame
         self._batch = batch
         self._socket = context.socket(zmq.PULL)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        self._socket.setsockopt(zmq.RCVHWM, rcvhwm)
-        self._socket.setsockopt(zmq.MAXMSGSIZE, max(64 << 20, 4 * max_message_bytes))
-        self._socket.bind(endpoint)
+        self.guard_bytes = max_message_bytes + GUARD_SLACK_BYTES
+        bind_server(self._socket, endpoint, max_message_bytes=self.guard_bytes, rcvhwm=rcvhwm, curve=curve)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="ingest", daemon=True)
+        self._bad = RateLimitedLog(log)
         self.frames = 0
+        self.handler_errors = 0
 
     def start(self) -> None:
         self._thread.start()
@@ -78,5 +87,6 @@ class IngestServer:
                 self.frames += 1
                 try:
                     self._handle(parts[0] if len(parts) == 1 else None, time.monotonic())
-                except Exception:  # a handler bug must not kill ingestion
-                    log.exception("ingest_handler_failed")
+                except Exception as exc:  # a handler bug must not kill ingestion (nor flood the log)
+                    self.handler_errors += 1
+                    self._bad.warning("handler", "ingest_handler_failed", error=f"{type(exc).__name__}: {exc}"[:200])

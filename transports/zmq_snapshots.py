@@ -10,6 +10,12 @@ Wire:
 
 One thread owns both sockets. Manifests reach it through a thread-safe queue, and the daemon
 answers requests through two callbacks so this module never touches the snapshot store.
+
+The thread survives any request: garbage, an unknown op, a failing callback or an unpackable
+reply each get ``{"ok": false, "error": ...}`` and count in ``errors``. Requests above
+``max_request_bytes`` make ZeroMQ drop the peer; with CURVE keys both sockets are CURVE servers
+on tcp, so only authorized clients subscribe or fetch, and clients that pin the daemon's public
+key cannot be fooled by another process serving snapshots (``transports.security``).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ from typing import Any
 import structlog
 import zmq
 
+from ferretd.logs import RateLimitedLog
 from transports.codec import pack, unpack
+from transports.security import CurveKeys, bind_server
 
 log = structlog.get_logger(__name__)
 
@@ -39,15 +47,20 @@ class SnapshotService:
         latest_endpoint: str,
         latest: LatestProvider,
         fetch: FetchProvider,
+        *,
+        max_request_bytes: int = 4096,
+        rcvhwm: int = 16,
+        curve: CurveKeys | None = None,
     ) -> None:
         self._latest = latest
         self._fetch = fetch
+        limits = {"max_message_bytes": max_request_bytes, "rcvhwm": rcvhwm, "curve": curve}
         self._pub = context.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
-        self._pub.bind(announce_endpoint)
+        bind_server(self._pub, announce_endpoint, **limits)  # inbound on a PUB: subscriptions only
         self._router = context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.bind(latest_endpoint)
+        bind_server(self._router, latest_endpoint, **limits)
+        self._bad = RateLimitedLog(log)
+        self.errors = 0
         self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="snapshots", daemon=True)
@@ -83,7 +96,12 @@ class SnapshotService:
                 manifest = self._outbox.get_nowait()
             except queue.Empty:
                 return
-            self._pub.send_multipart([TOPIC, pack(manifest)])
+            try:
+                self._pub.send_multipart([TOPIC, pack(manifest)])
+            except Exception as exc:  # an unpackable manifest must not end the thread
+                self.errors += 1
+                self._bad.warning("snapshot_announce_failed", "snapshot_announce_failed", error=str(exc)[:200])
+                continue
             self.announced += 1
 
     def _serve_one(self) -> None:
@@ -94,10 +112,17 @@ class SnapshotService:
         self.requests += 1
         envelope, payload = frames[:-1], frames[-1]
         try:
-            reply = self._answer(unpack(payload))
-        except Exception as exc:
-            reply = {"ok": False, "error": f"bad request: {exc}"}
-        self._router.send_multipart([*envelope, pack(reply)])
+            reply = pack(self._answer(unpack(payload)))
+        except Exception as exc:  # garbage, a failing callback, an unpackable manifest: one error reply
+            self.errors += 1
+            detail = str(exc)[:200]
+            self._bad.warning("snapshot_bad_request", "snapshot_bad_request", error=detail)
+            reply = pack({"ok": False, "error": f"bad request: {detail}"})
+        try:
+            self._router.send_multipart([*envelope, reply])
+        except zmq.ZMQError as exc:
+            self.errors += 1
+            self._bad.warning("snapshot_reply_failed", "snapshot_reply_failed", error=str(exc))
 
     def _answer(self, request: Any) -> dict[str, Any]:
         if not isinstance(request, dict):
@@ -108,11 +133,11 @@ class SnapshotService:
             return {"ok": True, "manifest": manifest} if manifest else {"ok": False, "error": "no snapshot yet"}
         if op == "fetch":
             seq = request.get("seq")
-            if type(seq) is not int:
-                raise ValueError("fetch needs an integer 'seq'")
+            if type(seq) is not int or not 0 <= seq < 2**63:
+                raise ValueError("fetch needs a non-negative integer 'seq'")
             found = self._fetch(seq)
             if found is None:
                 return {"ok": False, "error": f"snapshot {seq} is not kept"}
             manifest, data = found
             return {"ok": True, "manifest": manifest, "data": data}
-        raise ValueError(f"unknown op {op!r}")
+        raise ValueError(f"unknown op {str(op)[:40]!r}")

@@ -151,6 +151,10 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if (sys.argv[1:] if argv is None else argv)[:1] == ["keygen"]:  # local: needs no daemon (docs/security.md)
+        from ferretd.control.keygen import main as keygen
+
+        return keygen((sys.argv[1:] if argv is None else argv)[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

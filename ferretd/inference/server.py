@@ -10,6 +10,12 @@ working while the trainer restarts. The main thread answers requests on a ROUTER
     reply    {"ok": true, "label": int, "probabilities": [...], "model_seq": int}
     request  {"op": "info"}  ->  {"ok": true, "model_seq": ..., "swaps": ..., "rejected": ...}
 
+The serving loop survives any request: the array goes through the same strict decoder as
+ingest (``transports.codec.decode_array``), and every failure, expected or not, is answered with
+``{"ok": false, "error": ...}`` and counted by reason in ``info()["bad_requests"]``. The ROUTER
+has ``MAXMSGSIZE``/``RCVHWM`` from ``[inference]``, an owner-only ipc file, and is a CURVE server
+on tcp when ``[security]`` has keys (``transports.security``).
+
 Never imports torch (architecture rule 4).
 """
 
@@ -20,6 +26,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +41,7 @@ from ferretd.messages import SnapshotManifest
 from ferretd.snapshot.store import SnapshotStore
 from transports.client import SnapshotSubscriber
 from transports.codec import Rejected, pack, unpack, unpack_array
+from transports.security import KeyFileError, bind_server, client_curve_from, server_keys_from, start_authenticator
 
 log = structlog.get_logger("ferret-infer")
 
@@ -48,17 +56,33 @@ class InferenceServer:
         self.stop_event = threading.Event()
         self.requests = 0
         self.failed = 0
+        self.bad_requests: Counter[str] = Counter()
         self.bad_input = RateLimitedLog(log)
         self._loader = threading.Thread(target=self._load_loop, name="loader", daemon=True)
+        try:
+            server_keys = server_keys_from(config.security)
+            self._client_curve = client_curve_from(config.security)
+        except KeyFileError as exc:
+            raise ConfigError(f"[security] {exc}") from None
+        self._auth = None
+        if server_keys is not None and config.inference.endpoint.startswith("tcp://"):
+            self._auth = start_authenticator(self.context, config.security.authorized_keys_dir)
         self._router = self.context.socket(zmq.ROUTER)
-        self._router.setsockopt(zmq.LINGER, 0)
-        self._router.bind(config.inference.endpoint)
+        bind_server(
+            self._router,
+            config.inference.endpoint,
+            max_message_bytes=config.inference.max_request_bytes,
+            rcvhwm=config.inference.rcvhwm,
+            curve=server_keys,
+        )
 
     # ------------------------------------------------------------------ loading
 
     def _load_loop(self) -> None:
         cfg = self.config
-        sub = SnapshotSubscriber(cfg.snapshot.announce_endpoint, cfg.snapshot.latest_endpoint, context=self.context)
+        sub = SnapshotSubscriber(
+            cfg.snapshot.announce_endpoint, cfg.snapshot.latest_endpoint, context=self.context, curve=self._client_curve
+        )
         try:
             sub.catch_up()
             first = sub.poll(0)
@@ -133,11 +157,27 @@ class InferenceServer:
         while not self.stop_event.is_set():
             if not poller.poll(100):
                 continue
-            frames = self._router.recv_multipart()
+            try:
+                frames = self._router.recv_multipart(zmq.NOBLOCK)
+            except zmq.ZMQError:
+                continue
             envelope, payload = frames[:-1], frames[-1]
-            self._router.send_multipart([*envelope, pack(self.answer(payload))])
+            try:
+                self._router.send_multipart([*envelope, self.reply_bytes(payload)])
+            except zmq.ZMQError as exc:  # the peer vanished or sent a bad envelope
+                self.bad_input.warning("reply_failed", "inference_reply_failed", error=str(exc))
         self._loader.join(5)
         self._router.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+
+    def reply_bytes(self, payload: bytes) -> bytes:
+        """The packed answer to one request; never raises (an unpackable reply becomes an error reply)."""
+        reply = self.answer(payload)
+        try:
+            return pack(reply)
+        except Exception as exc:
+            return pack(self._refuse("unencodable_reply", f"reply could not be encoded: {type(exc).__name__}"))
 
     def answer(self, payload: bytes) -> dict[str, Any]:
         self.requests += 1
@@ -151,19 +191,32 @@ class InferenceServer:
             if op != "predict":
                 raise ValueError(f"unknown op {op!r}")
             return self._predict(request)
-        except (ValueError, Rejected) as exc:
-            self.failed += 1
-            self.bad_input.warning("bad_request", "inference_bad_request", error=str(exc))
-            return {"ok": False, "error": str(exc)}
+        except Rejected as exc:
+            return self._refuse(exc.reason.value, str(exc))
+        except ValueError as exc:
+            return self._refuse("bad_request", str(exc))
+        except Exception as exc:  # onnxruntime or a bug: the loop keeps serving
+            return self._refuse("error", f"{type(exc).__name__}: {exc}")
+
+    def _refuse(self, reason: str, error: str) -> dict[str, Any]:
+        self.failed += 1
+        self.bad_requests[reason] += 1
+        error = error[:300]
+        self.bad_input.warning(f"bad_request:{reason}", "inference_bad_request", reason=reason, error=error)
+        return {"ok": False, "error": error}
 
     def _predict(self, request: dict[str, Any]) -> dict[str, Any]:
+        x = unpack_array(request.get("x"), max_bytes=self.config.inference.max_request_bytes)
         model = self.slot.current  # one read: a concurrent swap cannot split this request
         if model is None:
             self.failed += 1
             return {"ok": False, "error": "no model loaded yet"}
-        x = unpack_array(request.get("x"), max_bytes=self.config.ingest.max_message_bytes).astype(np.float32)
         if tuple(x.shape) != tuple(model.manifest.input_shape):
             raise ValueError(f"input shape {list(x.shape)}, model expects {model.manifest.input_shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            x = x.astype(np.float32)
+        if not np.isfinite(x).all():
+            raise ValueError("input contains NaN or Inf")
         probabilities = model.predict(x[None])[0]
         return {
             "ok": True,
@@ -182,6 +235,7 @@ class InferenceServer:
             "last_error": self.slot.last_error,
             "requests": self.requests,
             "failed": self.failed,
+            "bad_requests": dict(self.bad_requests),
         }
 
 
@@ -196,7 +250,11 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     configure_logging(config.daemon.log_level)
     Path(config.daemon.runtime_dir).mkdir(parents=True, exist_ok=True)
-    server = InferenceServer(config)
+    try:
+        server = InferenceServer(config)
+    except ConfigError as exc:
+        sys.stderr.write(f"ferret-infer: {exc}\n")
+        return EXIT_CONFIG
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: server.stop_event.set())
     server.serve_forever()

@@ -29,7 +29,9 @@ def test_defaults_need_no_file_and_follow_systemd_directories():
 
 def test_xdg_fallbacks_and_explicit_endpoints_win():
     config = load_config(
-        None, env={"XDG_RUNTIME_DIR": "/run/user/7"}, overrides={"ingest": {"endpoint": "tcp://*:5555"}}
+        None,
+        env={"XDG_RUNTIME_DIR": "/run/user/7"},
+        overrides={"ingest": {"endpoint": "tcp://*:5555"}, "security": {"insecure": True}},
     )
     assert config.ingest.endpoint == "tcp://*:5555"
     assert config.control.endpoint == "ipc:///run/user/7/ferretd/control.sock"
