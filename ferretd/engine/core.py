@@ -55,7 +55,8 @@ from ferretd.engine.schedule import Action, Lane
 from ferretd.engine.stage import StageContext, StageRunner
 from ferretd.engine.versions import Version, VersionStore
 
-ExtraLoss = Callable[[Tensor, Tensor], Tensor | None]
+ExtraLoss = Callable[[Tensor, Tensor, Tensor], Tensor | None]  # (logits, y, stage-0 input x)
+ExtraGrad = Callable[[Sequence[str], Sequence[Tensor]], list[Tensor | None] | None]  # OCL parameter regulariser
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +121,7 @@ class PipelineCore:
         compensator: Compensator | None = None,
         devices: Sequence[torch.device] | None = None,
         extra_loss: ExtraLoss | None = None,
+        extra_grad: ExtraGrad | None = None,
         record_inputs: bool = False,
         log_limit: int | None = None,
         guard: DivergenceGuard | None = None,
@@ -132,6 +134,7 @@ class PipelineCore:
         self.training = training
         self.compensator = compensator
         self.extra_loss = extra_loss
+        self.extra_grad = extra_grad
         self.record_inputs = record_inputs
         self.guard = guard if guard is not None else DivergenceGuard.from_config(training)
         self.ema_decay = ema_decay
@@ -167,12 +170,12 @@ class PipelineCore:
         with self.lock:
             return len(self.micro)
 
-    def _loss_fn(self, y: Tensor) -> Callable[[Tensor], Tensor]:
+    def _loss_fn(self, y: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         def loss_fn(logits: Tensor) -> Tensor:
             target = y.to(logits.device)
             loss = self.loss(logits, target)
             if self.extra_loss is not None:
-                extra = self.extra_loss(logits, target)
+                extra = self.extra_loss(logits, target, x)
                 if extra is not None:
                     loss = loss + extra
             return loss
@@ -215,7 +218,7 @@ class PipelineCore:
             self._log(entry)
         ctx = StageContext(version.number, version, recompute)
         x = mb.x if s == 0 else mb.acts.pop(s - 1)
-        loss_fn = self._loss_fn(mb.y) if st.runner.last else None
+        loss_fn = self._loss_fn(mb.y, mb.x) if st.runner.last else None
         out = st.runner.forward(ctx, version.tensors, x, loss_fn)
         if st.runner.last and loss_fn is not None:
             with self.lock:
@@ -262,8 +265,12 @@ class PipelineCore:
             self._skipped(m, mb, s)
             return entry
         assert ctx.version is not None
-        loss_fn = self._loss_fn(mb.y) if st.runner.last else None
+        loss_fn = self._loss_fn(mb.y, mb.x) if st.runner.last else None
         grads, grad_in = st.runner.backward(ctx, ctx.version.tensors, grad_out, loss_fn)
+        if self.extra_grad is not None:  # OCL parameter regulariser (MAS), at the pinned version
+            extra = self.extra_grad(self.param_names[s], ctx.version.tensors)
+            if extra is not None:
+                grads = [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]
         if s > 0:
             mb.grads[s] = grad_in
         if self.probe is not None:

@@ -49,6 +49,7 @@ from ferretd.engine.runtime import RealtimeExecutor, VirtualExecutor
 from ferretd.engine.schedule import Action
 from ferretd.models.normalize import RunningNorm, make_norm_for, wrap_export
 from ferretd.ocl.base import OclMethod
+from ferretd.ocl.view import ModelView
 
 
 def resolve_devices(plan: Plan, policy: str = "auto") -> list[torch.device]:
@@ -122,6 +123,7 @@ class PipelineLearner(OnlineLearner):
             compensator=self.compensator,
             devices=devs,
             extra_loss=self.ocl.extra_loss if self.ocl is not None else None,
+            extra_grad=self.ocl.extra_grad if self.ocl is not None else None,
             record_inputs=self.record_inputs,
             log_limit=self.log_limit,
             guard=self.guard,
@@ -129,6 +131,8 @@ class PipelineLearner(OnlineLearner):
         )
         if weights is not None:
             self.core.load_state(weights, momentum or {}, **learning)
+        if self.ocl is not None:
+            self.ocl.bind(ModelView(self.template, self.current_weights, self.training.lr))
         self.active = plan.active_workers
         acc = {(w, s): plan.workers[w].accumulation[s] for w in self.active for s in range(plan.num_stages)}
         self.program = OnlineProgram(plan.num_stages, acc)
@@ -140,6 +144,11 @@ class PipelineLearner(OnlineLearner):
             threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
             self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
 
+
+    def current_weights(self) -> dict[str, Tensor]:
+        """Current published weights by full-model name, without a copy (versions are immutable)."""
+        pairs = zip(self.core.param_names, self.core.current_tensors(), strict=True)
+        return {n: t for names, tensors in pairs for n, t in zip(names, tensors, strict=True)}
 
     def in_flight_capacity(self) -> int:
         """Samples the engine should hold to keep every lane busy and finish without a flush.
@@ -293,12 +302,8 @@ class PipelineLearner(OnlineLearner):
         compensator = None
         if comp_cfg.method != "none":
             compensator = make_compensator(comp_cfg.method, **dataclasses.asdict(comp_cfg))
-        ocl = make_ocl(
-            config.ocl.method,
-            replay_bytes=config.ocl.replay_bytes,
-            replay_per_sample=config.ocl.replay_per_sample,
-            seed=config.training.seed,
-        )
+        ocl_hyper = {**dataclasses.asdict(config.ocl), "seed": config.training.seed, "lr": config.training.lr}
+        ocl = make_ocl(config.ocl.method, **ocl_hyper)
         model = build_model(config.model, seed=config.training.seed)
         kwargs.setdefault("executor", config.pipeline.executor)
         kwargs.setdefault("norm", make_norm_for(config))

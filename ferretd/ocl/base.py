@@ -6,18 +6,35 @@ The pipeline engine calls a method at two points (issue 3, item 7):
   microbatch to train on (e.g. the new samples plus replayed ones). It runs in the caller's
   thread in arrival order, so runs stay deterministic and replayable.
 * ``observe(x, y)`` right after, with the new stream samples only (e.g. reservoir insertion).
-* ``extra_loss(logits, y)`` at the last stage, added to the cross-entropy (None = nothing).
+* ``extra_loss(logits, y, x)`` at the last stage, added to the cross-entropy (None = nothing);
+  ``x`` is the microbatch's stage-0 input (what LwF's old model must see).
+* ``extra_grad(names, tensors)`` after each stage's backward, with the stage's parameter names
+  (full-model names) and the pinned version's tensors: a gradient to add to the loss gradient
+  (a parameter regulariser such as MAS, whose terms no single stage's loss can see), or None.
+  It goes through compensation and accumulation with the rest of the gradient.
+* ``bind(view)`` once the learner is built (and again after a re-plan): a :class:`ModelView` of
+  the learner's current weights with a functional forward, for methods that need the model
+  itself (MIR's virtual update, LwF's old model, MAS's importance). Called from the caller's thread.
+
+Thread rules: ``augment``/``observe``/``bind`` run in the caller's thread; ``extra_loss`` and
+``extra_grad`` run in lane threads, possibly concurrently, so they only read state that the
+caller's thread replaces by swapping a reference, never in place.
 
 Methods register themselves by ``name`` (like compensators); ``make_ocl(name, **hyper)`` builds
-one, ignoring hyper-parameters a method does not take.
+one, ignoring hyper-parameters a method does not take. ``memory_bytes()`` is every byte the method
+holds beyond the model (buffers, old weights, importances): the planner and status trust it.
 """
 
 from __future__ import annotations
 
 from abc import ABC
-from typing import Any, ClassVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from ferretd.ocl.view import ModelView
 
 OCL_METHODS: dict[str, type[OclMethod]] = {}
 
@@ -42,7 +59,13 @@ class OclMethod(ABC):  # noqa: B024 - every hook has a no-op default
     def observe(self, x: Tensor, y: Tensor) -> None:
         return None
 
-    def extra_loss(self, logits: Tensor, y: Tensor) -> Tensor | None:
+    def extra_loss(self, logits: Tensor, y: Tensor, x: Tensor | None = None) -> Tensor | None:
+        return None
+
+    def extra_grad(self, names: Sequence[str], tensors: Sequence[Tensor]) -> list[Tensor | None] | None:
+        return None
+
+    def bind(self, view: ModelView) -> None:
         return None
 
     def memory_bytes(self) -> int:
@@ -58,8 +81,8 @@ class OclMethod(ABC):  # noqa: B024 - every hook has a no-op default
         return None
 
 
-def make_ocl(name: str, **hyper: Any) -> OclMethod:
-    """Instantiate a registered method (``vanilla``, ``er``, ...)."""
+def load_builtin_methods() -> dict[str, type[OclMethod]]:
+    """Import every module of ``ferretd/ocl`` so their methods register; the registry."""
     import importlib
     import pkgutil
 
@@ -68,6 +91,12 @@ def make_ocl(name: str, **hyper: Any) -> OclMethod:
     for info in pkgutil.iter_modules(package.__path__):
         if info.name != "base":
             importlib.import_module(f"ferretd.ocl.{info.name}")
+    return OCL_METHODS
+
+
+def make_ocl(name: str, **hyper: Any) -> OclMethod:
+    """Instantiate a registered method (``vanilla``, ``er``, ``mir``, ``lwf``, ``mas``)."""
+    load_builtin_methods()
     try:
         cls = OCL_METHODS[name]
     except KeyError:

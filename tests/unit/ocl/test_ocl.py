@@ -61,7 +61,7 @@ def test_engine_trains_on_replayed_samples_and_adds_extra_loss():
         def __init__(self):
             self.calls = 0
 
-        def extra_loss(self, logits, y):
+        def extra_loss(self, logits, y, x=None):
             self.calls += 1
             return 0.0 * logits.sum()
 
