@@ -234,31 +234,23 @@ class PlannerConfig:
 
 @dataclass(frozen=True)
 class OclConfig:
-    method: str = "vanilla"
-    replay_bytes: int = 4 << 20
-    replay_per_sample: int = 1
-
-    def check(self) -> None:
-        _choice("ocl", "method", self.method, OCL_METHOD_NAMES)
-        _at_least("ocl", "replay_bytes", self.replay_bytes, 0)
-        _at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
     """Online continual-learning method (ferretd/ocl): ``replay_*`` for er and mir, ``mir_*``,
     ``lwf_*``, ``mas_*`` for their method; ``*_refresh`` counts stream samples."""
 
-
-
-@dataclass(frozen=True)
+    method: str = "vanilla"
+    replay_bytes: int = 4 << 20
+    replay_per_sample: int = 1
     mir_candidates: int = 50
     lwf_alpha: float = 1.0
     lwf_temperature: float = 2.0
     lwf_refresh: int = 1000
     mas_lambda: float = 1.0
     mas_refresh: int = 1000
-class SnapshotConfig:
-    every_updates: int = 200
-    every_seconds: float = 10.0
-    keep: int = 5
-    opset: int = 17
+
+    def check(self) -> None:
+        _choice("ocl", "method", self.method, OCL_METHOD_NAMES)
+        _at_least("ocl", "replay_bytes", self.replay_bytes, 0)
+        _at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
         _at_least("ocl", "mir_candidates", self.mir_candidates, 1)
         if self.lwf_alpha < 0:
             raise ConfigError(f"[ocl] lwf_alpha: must be >= 0, got {self.lwf_alpha}")
@@ -271,6 +263,14 @@ class SnapshotConfig:
 
 #: The registered OCL methods (ferretd/ocl; a contract test keeps this list equal to the registry).
 OCL_METHOD_NAMES = ("vanilla", "er", "mir", "lwf", "mas")
+
+
+@dataclass(frozen=True)
+class SnapshotConfig:
+    every_updates: int = 200
+    every_seconds: float = 10.0
+    keep: int = 5
+    opset: int = 17
     announce_endpoint: str = ""
     latest_endpoint: str = ""
     max_request_bytes: int = 4096
