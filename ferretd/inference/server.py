@@ -1,10 +1,12 @@
 """``ferret-infer``: serve predictions over ZeroMQ from the newest good ONNX snapshot.
 
-Two threads. The loader subscribes to announcements first, then asks the daemon for the
-latest manifest (Clone pattern), and loads each newer snapshot: from the shared snapshot
-directory when the file is there, otherwise fetched over the daemon's ROUTER. If the daemon
-does not answer at start, the newest valid snapshot on disk is served, so inference keeps
-working while the trainer restarts. The main thread answers requests on a ROUTER socket::
+Two threads. The loader (``ferretd.inference.loader``) subscribes to announcements first, then
+asks the daemon for the latest manifest (Clone pattern), and loads each newer snapshot: from the
+shared snapshot directory when the file is there (confined to it, size-bounded), otherwise
+fetched over the daemon's ROUTER; every manifest field is validated and no input can end that
+thread. If the daemon does not answer at start, the newest snapshot on disk that loads is
+served, so inference keeps working while the trainer restarts. The main thread answers requests
+on a ROUTER socket::
 
     request  [b"", msgpack({"op": "predict", "x": {"dtype", "shape", "data"}})]
     reply    {"ok": true, "label": int, "probabilities": [...], "model_seq": int}
@@ -25,9 +27,7 @@ import argparse
 import signal
 import sys
 import threading
-import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,11 +35,10 @@ import structlog
 import zmq
 
 from ferretd.config import Config, ConfigError, load_config
+from ferretd.inference.loader import SnapshotLoader
 from ferretd.inference.session import ModelSlot
+from ferretd.instance import InstanceError, check_runtime_dir
 from ferretd.logs import RateLimitedLog, configure_logging
-from ferretd.messages import SnapshotManifest
-from ferretd.snapshot.store import SnapshotStore
-from transports.client import SnapshotSubscriber
 from transports.codec import Rejected, pack, unpack, unpack_array
 from transports.security import KeyFileError, bind_server, client_curve_from, server_keys_from, start_authenticator
 
@@ -79,69 +78,8 @@ class InferenceServer:
     # ------------------------------------------------------------------ loading
 
     def _load_loop(self) -> None:
-        cfg = self.config
-        sub = SnapshotSubscriber(
-            cfg.snapshot.announce_endpoint, cfg.snapshot.latest_endpoint, context=self.context, curve=self._client_curve
-        )
-        try:
-            sub.catch_up()
-            first = sub.poll(0)
-            if first is not None:
-                self._install(first, sub)
-            elif self.slot.current is None:
-                self._load_from_disk()
-            next_catch_up = time.monotonic() + 5.0
-            while not self.stop_event.is_set():
-                manifest = sub.poll(200)
-                if manifest is not None:
-                    self._install(manifest, sub)
-                elif time.monotonic() >= next_catch_up:
-                    sub.catch_up()  # announcements sent while the daemon restarted are not replayed
-                    next_catch_up = time.monotonic() + 5.0
-        finally:
-            sub.close()
-
-    def _install(self, raw: dict[str, Any], sub: SnapshotSubscriber) -> None:
-        try:
-            manifest = SnapshotManifest.from_dict(raw)
-        except (TypeError, ValueError) as exc:
-            log.warning("snapshot_manifest_invalid", error=str(exc))
-            self.slot.rejected += 1
-            return
-        data = self._read_local(manifest)
-        if data is None:
-            fetched = sub.fetch(manifest.seq)
-            if fetched is None:
-                log.warning("snapshot_unavailable", seq=manifest.seq)
-                self.slot.rejected += 1
-                return
-            data = fetched[1]
-        try:
-            if self.slot.offer(manifest, data):
-                log.info("model_swapped", seq=manifest.seq, online_accuracy=manifest.online_accuracy)
-        except ValueError as exc:
-            log.warning("snapshot_rejected", seq=manifest.seq, error=str(exc), serving=self._serving_seq())
-
-    def _read_local(self, manifest: SnapshotManifest) -> bytes | None:
-        path = Path(self.config.inference.snapshot_dir) / manifest.file
-        try:
-            return path.read_bytes()
-        except OSError:
-            return None
-
-    def _load_from_disk(self) -> None:
-        directory = Path(self.config.inference.snapshot_dir)
-        if not directory.is_dir():
-            return
-        try:
-            store = SnapshotStore(directory, keep=1 << 30)
-            newest = store.newest_valid()
-            if newest is not None:
-                manifest, data = store.read(newest.seq)
-                self.slot.offer(manifest, data)
-                log.info("model_loaded_from_disk", seq=manifest.seq)
-        except (OSError, ValueError) as exc:
-            log.warning("disk_snapshot_unusable", error=str(exc))
+        """The loader thread (``ferretd.inference.loader``): validates, confines, falls back, never dies."""
+        SnapshotLoader(self.config, self.context, self.slot, self.stop_event, curve=self._client_curve).run()
 
     def _serving_seq(self) -> int | None:
         current = self.slot.current
@@ -180,6 +118,7 @@ class InferenceServer:
             return pack(self._refuse("unencodable_reply", f"reply could not be encoded: {type(exc).__name__}"))
 
     def answer(self, payload: bytes) -> dict[str, Any]:
+        """One request in, one reply mapping out; any failure is an ``ok: false`` reply, counted."""
         self.requests += 1
         try:
             request = unpack(payload)
@@ -189,7 +128,7 @@ class InferenceServer:
             if op == "info":
                 return self.info()
             if op != "predict":
-                raise ValueError(f"unknown op {op!r}")
+                raise ValueError(f"unknown op {str(op)[:40]!r}")
             return self._predict(request)
         except Rejected as exc:
             return self._refuse(exc.reason.value, str(exc))
@@ -232,6 +171,7 @@ class InferenceServer:
             "model_seq": model.seq if model else None,
             "swaps": self.slot.swaps,
             "rejected": self.slot.rejected,
+            "rejected_by": dict(self.slot.rejected_by),
             "last_error": self.slot.last_error,
             "requests": self.requests,
             "failed": self.failed,
@@ -249,7 +189,11 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"ferret-infer: {exc}\n")
         return EXIT_CONFIG
     configure_logging(config.daemon.log_level)
-    Path(config.daemon.runtime_dir).mkdir(parents=True, exist_ok=True)
+    try:
+        check_runtime_dir(config.daemon.runtime_dir)
+    except InstanceError as exc:
+        sys.stderr.write(f"ferret-infer: {exc}\n")
+        return EXIT_CONFIG
     try:
         server = InferenceServer(config)
     except ConfigError as exc:

@@ -5,12 +5,19 @@ first, then its manifest (also atomically); readers only ever look for manifests
 removes the manifest before the model. Sequence numbers continue from the highest manifest on
 disk, so they never go backwards across restarts and subscribers can ignore old ones.
 Stdlib only; the ONNX bytes come from ``snapshot.export``.
+
+Readers (ferret-infer) open the store with ``writable=False``: nothing is created or removed,
+so a read-only state directory with a stale temp file in it still serves. :meth:`read` goes
+through :func:`read_confined` (plain names, no symlinks, exact size, bounded read), and any
+manifest that does not validate is skipped like a damaged one, never raised past the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from ferretd.fsutil import atomic_write_bytes, remove_stale_temps
@@ -18,6 +25,7 @@ from ferretd.messages import SnapshotManifest
 from ferretd.snapshot.manifest import (
     manifest_name,
     model_name,
+    read_confined,
     read_manifest,
     sha256_hex,
     verify_bytes,
@@ -28,16 +36,22 @@ _MANIFEST_RE = re.compile(r"^model-(\d{8})\.json$")
 
 
 class SnapshotStore:
-    def __init__(self, directory: str | Path, keep: int = 5) -> None:
+    def __init__(self, directory: str | Path, keep: int = 5, writable: bool = True) -> None:
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
         self.keep = keep
         self._lock = threading.Lock()
-        remove_stale_temps(self.directory)
+        if writable:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # a read-only directory: the temp files stay, harmless
+                remove_stale_temps(self.directory)
         self._latest: SnapshotManifest | None = self.newest_valid()
 
     def sequences(self) -> list[int]:
-        return sorted(int(m.group(1)) for p in self.directory.iterdir() if (m := _MANIFEST_RE.match(p.name)))
+        try:
+            names = [p.name for p in self.directory.iterdir()]
+        except OSError:
+            return []
+        return sorted(int(m.group(1)) for name in names if (m := _MANIFEST_RE.match(name)))
 
     @property
     def next_seq(self) -> int:
@@ -71,18 +85,27 @@ class SnapshotStore:
             (self.directory / model_name(seq)).unlink(missing_ok=True)
 
     def read(self, seq: int) -> tuple[SnapshotManifest, bytes]:
-        """Manifest and verified model bytes; ``ValueError``/``FileNotFoundError`` otherwise."""
+        """Manifest and verified model bytes; ``ValueError``/``OSError`` otherwise."""
         manifest = read_manifest(self.directory / manifest_name(seq))
-        data = (self.directory / manifest.file).read_bytes()
+        if manifest.seq != seq or manifest.file != model_name(seq):
+            raise ValueError(f"snapshot {seq}: its manifest names another sequence or file")
+        try:
+            data = read_confined(self.directory, manifest.file, manifest.size_bytes)
+        except ValueError as exc:
+            raise ValueError(f"snapshot {seq}: model file {exc}") from None
         verify_bytes(manifest, data)
         return manifest, data
 
-    def newest_valid(self) -> SnapshotManifest | None:
-        """The newest snapshot whose model matches its manifest (skips damaged ones)."""
+    def valid_newest_first(self) -> Iterator[tuple[SnapshotManifest, bytes]]:
+        """Every snapshot whose model matches its manifest, newest first (damaged ones skipped)."""
         for seq in reversed(self.sequences()):
             try:
-                manifest, _ = self.read(seq)
+                yield self.read(seq)
             except (OSError, ValueError):
                 continue
+
+    def newest_valid(self) -> SnapshotManifest | None:
+        """The newest snapshot whose model matches its manifest (skips damaged ones)."""
+        for manifest, _ in self.valid_newest_first():
             return manifest
         return None
