@@ -52,6 +52,9 @@ from ferretd.ocl.base import OclMethod
 from ferretd.ocl.view import ModelView
 
 
+DEFAULT_LOG_LIMIT = 256  # action-log entries kept (debugging, replay tests pass None); the planner counts them
+
+
 def resolve_devices(plan: Plan, policy: str = "auto") -> list[torch.device]:
     ngpu = torch.cuda.device_count() if torch.cuda.is_available() else 0
     out = []
@@ -80,7 +83,7 @@ class PipelineLearner(OnlineLearner):
         devices: str = "auto",
         jitter: Callable[[Action], None] | None = None,
         record_inputs: bool = False,
-        log_limit: int | None = 10_000,
+        log_limit: int | None = DEFAULT_LOG_LIMIT,
         norm: RunningNorm | None = None,
         ema_decay: float | None = None,
     ) -> None:

@@ -28,8 +28,10 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
   version on: ``(versions_j - 1) |w_j|`` (``keep_deltas``).
 * Gradients: the engine keeps a worker's whole accumulation window (one gradient per microbatch,
   compensated one by one): ``sum_n a_{n,j} |w_j|``.
-* Fixed copies: the stage's template module (``fixed_copies |w_j|``, 1 in the engine),
-  optimizer state ``optimizer_factor |w_j|`` (SGD momentum: 1), compensator state
+* Fixed copies: the learner's template copy of the model (``fixed_copies |w_j|``, 1 in the
+  engine: stage modules live on the ``meta`` device, but ``PipelineLearner.template`` holds full
+  weights, which the old bookkeeping probe did not see), optimizer state
+  ``optimizer_factor |w_j|`` (SGD momentum: 1), compensator state
   ``compensation_factor |w_j|`` (fitted-lambda Iter-Fisher: 3 = EMA, g_prev^2, th_prev;
   gap-aware: 1).
 * Activations per worker and stage, with ``inflight = P - j`` microbatches and ``A_j`` the
@@ -40,6 +42,22 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
   at a time, real-time lanes of one stage rarely overlap their backwards). Without recompute
   a stage's saved input is the previous stage's saved output (the engine passes it on detached,
   same storage), so it is counted upstream only.
+* In transit (issue 12): per worker and stage boundary one stage output waiting for the next
+  stage's forward and one input gradient waiting for the previous stage's backward
+  (``2 |output_j|``); 1F1B runs a ready backward first, so more than one rarely waits.
+* Transients (issue 12), measured at the allocator: an F or B action allocates temporaries inside
+  the block beyond what it keeps (``Profile.stage_temp_bytes``). A U (``update_transient_bytes``,
+  ``t`` the stage's largest tensor) holds the compensated copies of its window (``a |w_j|`` with a
+  compensator, plus ``compensation_temp_factor |w_j|`` inside it), then in turn: averages a window
+  of ``a > 1`` tensor by tensor (the running total ``|w_j|`` + ``torch.stack`` ``(a + 1) t``);
+  builds the next version and optimiser state out of place while the total lives
+  (``(1 + optimizer_factor) |w_j|``, + ``|w_j|`` when a > 1); runs the divergence guard's step
+  norm on the new weights (``(new - old).double().pow(2)``: ``UPDATE_TENSOR_TEMPS`` = 4 t). Each lane runs one action
+  at a time: with ``concurrent_lanes`` (real-time lanes, threads or processes) every lane may be
+  mid-action at once, so the bound sums the lanes' largest transients; the virtual clock runs one
+  action at a time (the largest one).
+* Bookkeeping (issue 12): the action log, bounded at ``log_entries`` entries of at most
+  :data:`LOG_ENTRY_BYTES` each (Python objects; measured with tracemalloc in the tests).
 """
 
 from __future__ import annotations
@@ -57,6 +75,8 @@ if TYPE_CHECKING:
     from ferretd.engine.simulate import SimReport
 
 SIM_SPACINGS = (0.0, 0.1, 0.35, 0.7, 2.0, 6.0)
+UPDATE_TENSOR_TEMPS = 4  # float32-sized copies of one parameter tensor alive at once in the guard
+LOG_ENTRY_BYTES = 320  # one LogEntry with its Action and tuple (measured below this in the tests)
 
 
 @dataclass(frozen=True)
@@ -67,14 +87,30 @@ class MemoryParams:
     compensation_factor: float = 0.0
     keep_deltas: bool = False
     fixed_copies: float = 1.0
+    compensation_temp_factor: float = 0.0
+    concurrent_lanes: bool = True
+    log_entries: int = 0
 
     @classmethod
-    def for_training(cls, momentum: float = 0.0, compensation: str = "none", fitted: bool = True) -> MemoryParams:
+    def for_training(
+        cls,
+        momentum: float = 0.0,
+        compensation: str = "none",
+        fitted: bool = True,
+        *,
+        optimizer: str = "sgd",
+        log_entries: int = 0,
+        concurrent_lanes: bool = True,
+    ) -> MemoryParams:
         comp = {"iter_fisher": 3.0 if fitted else 0.0, "gap_aware": 1.0}.get(compensation, 0.0)
+        opt = {"adam": 2.0, "adagrad": 1.0}.get(optimizer, 1.0 if momentum > 0 else 0.0)
         return cls(
-            optimizer_factor=1.0 if momentum > 0 else 0.0,
+            optimizer_factor=opt,
             compensation_factor=comp,
             keep_deltas=compensation != "none",
+            compensation_temp_factor=0.0 if compensation == "none" else 2.0,
+            log_entries=log_entries,
+            concurrent_lanes=concurrent_lanes,
         )
 
 
@@ -91,6 +127,9 @@ class MemoryBreakdown:
     activation_bytes: int
     stage_bytes: tuple[int, ...]
     versions: tuple[int, ...]
+    transit_bytes: int = 0
+    transient_bytes: int = 0
+    log_bytes: int = 0
 
 
 def closed_form_versions(ahead: int, lanes: Sequence[tuple[int, bool]]) -> int:
@@ -180,6 +219,36 @@ def expected_memory(profile: Profile, plan: Plan, params: MemoryParams, arrival_
     return parts.total_bytes - parts.version_bytes - parts.delta_bytes - parts.grad_bytes + held
 
 
+def lane_transient_bytes(profile: Profile, plan: Plan, params: MemoryParams, worker: int, stage: int) -> int:
+    """Largest temporary one action of lane (worker, stage) allocates (module docstring)."""
+    start, end = plan.stage_blocks()[stage]
+    return int(max(profile.stage_temp_bytes(start, end), update_transient_bytes(profile, plan, params, worker, stage)))
+
+
+def update_transient_bytes(profile: Profile, plan: Plan, params: MemoryParams, worker: int, stage: int) -> int:
+    """Peak temporaries of one U of lane (worker, stage) (module docstring)."""
+    start, end = plan.stage_blocks()[stage]
+    w, t = profile.stage_param_bytes(start, end), profile.stage_max_tensor_bytes(start, end)
+    a = plan.workers[worker].accumulation[stage]
+    compensated = a * w if params.keep_deltas else 0
+    new = (1 + params.optimizer_factor) * w
+    phases = [
+        params.compensation_temp_factor * w,
+        w + (a + 1) * t if a > 1 else 0,
+        new + (w if a > 1 else 0),
+        new + UPDATE_TENSOR_TEMPS * t,
+    ]
+    return int(compensated + max(phases))
+
+
+def transient_bytes(profile: Profile, plan: Plan, params: MemoryParams) -> int:
+    """Temporaries of the actions running at once: every lane (``concurrent_lanes``) or one."""
+    lanes = [
+        lane_transient_bytes(profile, plan, params, n, j) for n in plan.active_workers for j in range(plan.num_stages)
+    ]
+    return sum(lanes) if params.concurrent_lanes else max(lanes)
+
+
 def _expected_run(
     profile: Profile,
     plan: Plan,
@@ -267,8 +336,11 @@ def predict_memory(
         for k, val in parts.items():
             totals[k] += val
         per_stage.append(sum(parts.values()))
+    transit = 2 * len(active) * sum(profile.blocks[end - 1].output_bytes for _, end in plan.stage_blocks()[:-1])
+    transient = transient_bytes(profile, plan, params)
+    log_bytes = params.log_entries * LOG_ENTRY_BYTES
     return MemoryBreakdown(
-        total_bytes=sum(per_stage),
+        total_bytes=sum(per_stage) + transit + transient + log_bytes,
         version_bytes=totals["version"],
         delta_bytes=totals["delta"],
         grad_bytes=totals["grad"],
@@ -277,4 +349,7 @@ def predict_memory(
         activation_bytes=totals["act"],
         stage_bytes=tuple(per_stage),
         versions=versions,
+        transit_bytes=transit,
+        transient_bytes=transient,
+        log_bytes=log_bytes,
     )

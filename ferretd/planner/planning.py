@@ -34,9 +34,18 @@ log = structlog.get_logger(__name__)
 
 
 def memory_params_for_config(config: Config) -> MemoryParams:
+    from ferretd.engine.pipeline import DEFAULT_LOG_LIMIT
+
     comp = config.compensation
     fitted = comp.fit == "closed_form" or comp.eta_lambda > 0
-    return MemoryParams.for_training(config.training.momentum, comp.method, fitted)
+    return MemoryParams.for_training(
+        config.training.momentum,
+        comp.method,
+        fitted,
+        optimizer=getattr(config.training, "optimizer", "sgd"),
+        log_entries=DEFAULT_LOG_LIMIT,
+        concurrent_lanes=config.pipeline.executor != "virtual",
+    )
 
 
 def rate_params_for_config(config: Config, profile: Profile, arrival_interval_s: float | None = None) -> RateParams:

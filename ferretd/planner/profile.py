@@ -20,6 +20,17 @@ Decisions:
   its times and saved bytes include the loss.
 * The backward time is that of ``torch.autograd.grad`` w.r.t. parameters and (for blocks after
   the first) the block input, as the engine computes it.
+* Activation temporaries (issue 12): buffers a block allocates *inside* its forward or backward
+  and frees before returning (e.g. a conv's im2col/grad buffers) are invisible to saved-tensor
+  hooks but count against the box's memory. They are measured at the allocator:
+  :func:`allocator_peak` runs the call once with ``torch.profiler``'s memory events (CPU; every
+  alloc/free with its size, in order) or ``torch.cuda.max_memory_allocated`` (GPU) and returns
+  the peak of live bytes above the level before the call and the net bytes left after it.
+  ``forward_temp_bytes`` = forward peak - what stays (saved tensors, output);
+  ``backward_temp_bytes`` = backward peak - what it returns (parameter and input gradients).
+  Decision: torch.profiler, not tracemalloc (blind to torch's allocator) nor RSS (glibc keeps
+  freed pages); the profiler misses threads started while it runs, so it is used only here and
+  in the single-threaded bench, never in the daemon's lanes.
 * Cache key: sha256 of the model structure (``repr`` plus parameter names/shapes/dtypes), input
   shape, microbatch, device and torch version. One JSON file per key under ``cache_dir``; a
   corrupt file is ignored and rewritten.
@@ -41,7 +52,7 @@ from torch import nn
 
 log = structlog.get_logger(__name__)
 
-PROFILE_FORMAT = 1
+PROFILE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +67,9 @@ class BlockProfile:
     output_bytes: int
     saves_input: bool = False
     saves_output: bool = False
+    forward_temp_bytes: int = 0  # allocator peak inside the forward above what it keeps
+    backward_temp_bytes: int = 0  # allocator peak inside the backward above the gradients it returns
+    max_tensor_bytes: int = 0  # the block's largest parameter tensor (per-tensor temporaries of an update)
 
 
 @dataclass(frozen=True)
@@ -99,6 +113,26 @@ class Profile:
             table[(j, "B")] = self.stage_backward_s(start, end)
             table[(j, "U")] = 0.0
         return table
+
+    def stage_temp_bytes(self, start: int, end: int) -> int:
+        """Transient bytes of one F or B action over blocks ``[start, end)`` beyond the microbatch's
+        saved activations (which the memory model counts in full for every microbatch in flight).
+
+        One block runs at a time. While block l runs forward, the blocks after it have not saved
+        anything yet; while it runs backward (holding the gradient of its output), the blocks after
+        it have already freed theirs. So the excess is ``max_l (temp_l - sum_{i>l} A_i)``, at least 0.
+        """
+        best = 0
+        later = 0
+        for b in reversed(self.blocks[start:end]):
+            fwd = b.forward_temp_bytes
+            bwd = b.backward_temp_bytes + b.output_bytes
+            best = max(best, max(fwd, bwd) - later)
+            later += b.activation_bytes
+        return best
+
+    def stage_max_tensor_bytes(self, start: int, end: int) -> int:
+        return max((b.max_tensor_bytes for b in self.blocks[start:end]), default=0)
 
     def stage_param_bytes(self, start: int, end: int) -> int:
         return sum(b.param_bytes for b in self.blocks[start:end])
@@ -160,6 +194,39 @@ def _storage(t: torch.Tensor) -> tuple[int, int] | None:
 
 def _bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def allocator_peak(fn: Any, device: torch.device | str = "cpu") -> tuple[Any, int, int]:
+    """Run ``fn()``; return its result, the peak of live allocator bytes above the level before
+    the call, and the net bytes it left allocated (module docstring). Single-threaded calls only."""
+    dev = torch.device(device)
+    if dev.type == "cuda":  # pragma: no cover - no GPU in CI
+        torch.cuda.synchronize(dev)
+        base = torch.cuda.memory_allocated(dev)
+        torch.cuda.reset_peak_memory_stats(dev)
+        out = fn()
+        torch.cuda.synchronize(dev)
+        return out, torch.cuda.max_memory_allocated(dev) - base, torch.cuda.memory_allocated(dev) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        out = fn()
+    peak, net = allocation_peak(prof)
+    return out, peak, net
+
+
+def allocation_peak(prof: Any) -> tuple[int, int]:
+    """Peak and final sum of a finished ``torch.profiler.profile``'s CPU memory events, in time order
+    (frees of blocks allocated before the profile started are not reported by torch)."""
+    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
+    events.sort(key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        if e.device_type() != torch.autograd.DeviceType.CPU:
+            continue
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak, live
 
 
 class Profiler:
@@ -262,6 +329,16 @@ class Profiler:
         saves_output = not last and out_ptr is not None and out_ptr[0] in saved
 
         wrt = params + ([x] if not first else [])
+        (o, lo), fwd_peak, fwd_net = allocator_peak(lambda: self._forward(block, x, last), dev)
+        bwd_temp = 0
+        if wrt and lo.requires_grad:
+            grad_out = None if last else torch.ones_like(o)
+            grads, bwd_peak, _ = allocator_peak(
+                lambda: torch.autograd.grad(lo, wrt, grad_outputs=grad_out, allow_unused=True), dev
+            )
+            bwd_temp = max(0, bwd_peak - sum(_bytes(g) for g in grads if g is not None))
+            del grads
+        del o, lo
         fwd_times: list[float] = []
         bwd_times: list[float] = []
         for rep in range(self.warmup + self.repeats):
@@ -287,5 +364,8 @@ class Profiler:
             output_bytes=_bytes(out),
             saves_input=bool(saves_input),
             saves_output=bool(saves_output),
+            forward_temp_bytes=int(max(0, fwd_peak - fwd_net)),
+            backward_temp_bytes=int(bwd_temp),
+            max_tensor_bytes=max((_bytes(p) for p in block.parameters()), default=0),
         )
         return profile, out.detach()

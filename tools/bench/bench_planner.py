@@ -1,9 +1,17 @@
 """Planner models against the engine: predicted vs measured memory, predicted R vs online accuracy.
 
 Part 1, memory (>= 10 configurations across P, N, recompute, accumulation, omission and
-compensation). An MLP (64 -> 256 x 3 -> 10, microbatch 32) trains on a saturating stream in the
-engine's virtual-clock mode (``PipelineLearner(executor="virtual")``, costs from the planner's own
-profile). Instruments, sampled after every action and at every saved tensor:
+compensation). An MLP (64 -> 256 x 3 -> 10, microbatch 32) and the built-in conv net (8, 16, 32
+channels on 1x28x28, microbatch 8-64) train on a saturating stream in the engine's virtual-clock
+mode (``PipelineLearner(executor="virtual")``, costs from the planner's own profile).
+
+The headline number is measured **at the allocator** (issue 12): the whole life of the learner
+(construction, every action, flush, close) runs under ``torch.profiler`` with memory events, and
+the peak of live torch bytes (``planner.profile.allocation_peak``) plus the action log's Python
+objects (``sys.getsizeof`` over the bounded log, full at the end) is compared with the planner's
+expected footprint and its bound (both with ``concurrent_lanes=False``: the virtual clock runs one
+action at a time). The bookkeeping instruments below only split it into components, sampled after
+every action and at every saved tensor:
 
 * weight versions (+ compensation deltas): ``sum_j store.bytes_held()``;
 * activations: bytes autograd saves (``saved_tensors_hooks`` over the whole run, deduplicated
@@ -34,6 +42,7 @@ import os
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -51,9 +60,9 @@ from ferretd.config import TrainingConfig
 from ferretd.engine.clock import cost_function
 from ferretd.engine.learner import PrequentialScore
 from ferretd.engine.plan import Plan
-from ferretd.models import mlp
+from ferretd.models import convnet, mlp
 from ferretd.planner.memory import MemoryParams, expected_memory, expected_versions, predict_memory
-from ferretd.planner.profile import Profile, Profiler
+from ferretd.planner.profile import Profile, Profiler, allocation_peak
 from ferretd.planner.rate import RateParams, predict_rate
 
 MiB = 2**20
@@ -68,6 +77,9 @@ def engine_available() -> str:
     return ""
 
 
+LOG_LIMIT = 256  # the learner's default action-log bound (pipeline.DEFAULT_LOG_LIMIT)
+
+
 def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: float, compensation: str, lr: float):
     from ferretd.engine.pipeline import PipelineLearner
 
@@ -78,7 +90,9 @@ def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: 
         compensator = make_compensator(compensation, lambda0=0.04, nu=1e-3, alpha=0.9, eta_lambda=0.0)
     training = TrainingConfig(lr=lr, microbatch=profile.microbatch, momentum=0.0)
     table = profile.cost_table(plan.stage_blocks())
-    learner = PipelineLearner(model, plan, training, compensator, executor="virtual", cost=table, t_d=t_d)
+    learner = PipelineLearner(
+        model, plan, training, compensator, executor="virtual", cost=table, t_d=t_d, log_limit=LOG_LIMIT
+    )
     recompute = [n for n, w in enumerate(plan.workers) if w.recompute]
     learner.executor.clock.cost = cost_function(table, recompute_workers=recompute)
     return learner
@@ -172,9 +186,9 @@ class MemoryProbe:
         self.rss_peak = max(self.rss_peak, self.proc.memory_info().rss)
 
     def fixed_bytes(self) -> int:
-        total = 0
+        # the learner's template holds real weights; the stage modules are on the meta device
+        total = sum(p.numel() * p.element_size() for p in self.learner.template.parameters())
         for st in self.core.stages:
-            total += sum(p.numel() * p.element_size() for p in st.runner.module.parameters())
             total += sum(b.numel() * b.element_size() for b in st.momentum if b is not None)
         comp = self.learner.compensator
         if comp is not None:
@@ -198,6 +212,38 @@ def _tensor_bytes(obj: Any) -> int:
 MEM_SHAPE = (64,)
 MEM_HIDDEN = (256, 256, 256)
 MEM_MB = 32
+
+
+def _log_bytes(log: Any) -> int:
+    """Python bytes of the action log: the deque, its entries, actions, tuples and large ints."""
+    total = sys.getsizeof(log)
+    for e in log:
+        total += sys.getsizeof(e) + sys.getsizeof(e.action) + sys.getsizeof(e.pinned)
+        total += sum(sys.getsizeof(v) for v in (e.action.microbatch, e.current, *e.pinned) if abs(v) > 256)
+    return total
+
+
+CONV_SHAPE = (1, 28, 28)
+CONV_CHANNELS = (8, 16, 32)
+
+
+def conv_configs() -> list[tuple[str, Plan, str, int]]:
+    """(name, plan, compensation, microbatch) for the conv net (L = 4 blocks)."""
+    L = 4
+
+    def uni(p: int, n: int, **kw: Any) -> Plan:
+        return Plan.uniform(L, Plan.even_partition(L, p), n, **kw)
+
+    return [
+        ("conv mb8 P1 N1", uni(1, 1), "none", 8),
+        ("conv mb16 P2 N1", uni(2, 1), "none", 16),
+        ("conv mb32 P2 N2", uni(2, 2), "none", 32),
+        ("conv mb64 P1 N1", uni(1, 1), "none", 64),
+        ("conv mb64 P2 N2 recompute", uni(2, 2, recompute=True), "none", 64),
+        ("conv mb64 P3 N1 omit 0,1", uni(3, 1, omit_stages=(0, 1)), "none", 64),
+        ("conv mb32 P4 N1 a=2", uni(4, 1, accumulation=2), "none", 32),
+        ("conv mb16 P2 N2 iter_fisher", uni(2, 2), "iter_fisher", 16),
+    ]
 
 
 def memory_configs() -> list[tuple[str, Plan, str]]:
@@ -229,37 +275,65 @@ def memory_configs() -> list[tuple[str, Plan, str]]:
     ]
 
 
-def measure_memory(plan: Plan, compensation: str, profile: Profile, microbatches: int) -> dict[str, Any]:
+def measure_memory(
+    plan: Plan,
+    compensation: str,
+    profile: Profile,
+    microbatches: int,
+    model_fn: Any = None,
+) -> dict[str, Any]:
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
     torch.manual_seed(0)
-    model = mlp(MEM_SHAPE, 10, MEM_HIDDEN)
+    model = model_fn() if model_fn is not None else mlp(MEM_SHAPE, 10, MEM_HIDDEN)
+    shape, mb = profile.input_shape, profile.microbatch
     n = len(plan.active_workers)
     fwd = [profile.stage_forward_s(a, b) for a, b in plan.stage_blocks()]
     bwd = [profile.stage_backward_s(a, b) for a, b in plan.stage_blocks()]
     service = max(f + b for f, b in zip(fwd, bwd, strict=True))
-    t_d = 0.8 * service / (n * MEM_MB)  # slightly saturated: full pipelines on every worker
+    t_d = 0.8 * service / (n * mb)  # slightly saturated: full pipelines on every worker
     rng = np.random.default_rng(0)
-    xs = rng.standard_normal((microbatches * MEM_MB, *MEM_SHAPE)).astype(np.float32)
-    ys = rng.integers(0, 10, microbatches * MEM_MB)
+    xs = rng.standard_normal((microbatches * mb, *shape)).astype(np.float32)
+    ys = rng.integers(0, 10, microbatches * mb)
     rss0 = psutil.Process().memory_info().rss
-    learner = make_learner(model, plan, profile, t_d, compensation, lr=0.01)
-    probe = MemoryProbe(learner)
-    with torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
-        for x, y in zip(xs, ys, strict=True):
-            learner.learn_one(x, int(y))
-        learner.flush()
-    fixed = probe.fixed_bytes()
-    learner.close()
-    params = MemoryParams.for_training(0.0, compensation)
+    with warnings.catch_warnings(), torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        warnings.simplefilter("ignore")
+        learner = make_learner(model, plan, profile, t_d, compensation, lr=0.01)
+        probe = MemoryProbe(learner)
+        with torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
+            for x, y in zip(xs, ys, strict=True):
+                learner.learn_one(x, int(y))
+            learner.flush()
+        fixed = probe.fixed_bytes()
+        log_bytes = _log_bytes(learner.core.log)
+        log_entries = len(learner.core.log)
+        learner.close()
+        del learner, probe.learner, probe.core
+    torch_peak, _ = allocation_peak(prof)
+    params = MemoryParams.for_training(0.0, compensation, log_entries=LOG_LIMIT, concurrent_lanes=False)
     bound = predict_memory(profile, plan, params)
-    pred = predict_memory(profile, plan, params, versions=expected_versions(profile, plan, t_d))
-    expected_total = expected_memory(profile, plan, params, t_d)
-    measured = probe.peak["dynamic"] + fixed
+    realtime_bound = predict_memory(profile, plan, replace(params, concurrent_lanes=True))
+    # expected: the log as full as this run filled it (a long-running daemon's is full: the bound)
+    filled = replace(params, log_entries=log_entries)
+    pred = predict_memory(profile, plan, filled, versions=expected_versions(profile, plan, t_d))
+    expected_total = expected_memory(profile, plan, filled, t_d)
+    measured = torch_peak + log_bytes
+    bookkeeping = probe.peak["dynamic"] + fixed
     dynamic = pred.version_bytes + pred.delta_bytes + pred.activation_bytes + pred.grad_bytes
+    dynamic += pred.transit_bytes + pred.transient_bytes + pred.log_bytes
     return {
         "predicted_bytes": expected_total,
         "component_sum_bytes": pred.total_bytes,
         "bound_bytes": bound.total_bytes,
+        "realtime_bound_bytes": realtime_bound.total_bytes,
         "measured_bytes": measured,
+        "allocator_peak_bytes": torch_peak,
+        "log_bytes": log_bytes,
+        "pred_log_bytes": pred.log_bytes,
+        "pred_transient_bytes": pred.transient_bytes,
+        "pred_transit_bytes": pred.transit_bytes,
+        "bookkeeping_bytes": bookkeeping,
         "error": (expected_total - measured) / measured,
         "component_sum_error": (pred.total_bytes - measured) / measured,
         "within_bound": measured <= bound.total_bytes,
@@ -349,6 +423,19 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     for name, plan, comp in memory_configs():
         per_worker = (10 if quick else 30) * len(plan.active_workers)
         row = measure_memory(plan, comp, mem_profile, microbatches=per_worker)
+        mem_rows.append({"config": name, "compensation": comp, **row})
+    conv_profiles: dict[int, Profile] = {}
+    for name, plan, comp, mb in conv_configs():
+        if mb not in conv_profiles:
+            conv_profiles[mb] = profiler.profile(convnet(CONV_SHAPE, 10, CONV_CHANNELS), CONV_SHAPE, mb)
+        per_worker = (16 if quick else 32) * len(plan.active_workers)
+        row = measure_memory(
+            plan,
+            comp,
+            conv_profiles[mb],
+            microbatches=per_worker,
+            model_fn=lambda: convnet(CONV_SHAPE, 10, CONV_CHANNELS),
+        )
         mem_rows.append({"config": name, "compensation": comp, **row})
     errors = [abs(r["error"]) for r in mem_rows]
 
