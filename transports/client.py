@@ -95,9 +95,16 @@ class SamplePublisher:
 class SnapshotSubscriber:
     """Subscribes to announcements first, then asks for the latest manifest (Clone pattern).
 
-    ``poll(timeout_ms)`` returns the next manifest newer than any seen, or None. ``fetch(seq)``
-    downloads a snapshot's ONNX bytes from the daemon (for processes that cannot read its
-    state directory).
+    The request for the latest manifest is sent on construction without waiting: its answer
+    comes out of ``poll`` like an announcement, so a late joiner gets the current snapshot from
+    its first ``poll(timeout_ms)`` (and, if the daemon is not up yet, as soon as it is).
+    ``poll`` returns the next manifest newer than any seen, or None; ``catch_up()`` asks again
+    (announcements sent while the daemon restarted are not replayed). ``fetch(seq)`` downloads
+    a snapshot's ONNX bytes (for processes that cannot read the daemon's state directory).
+    Use it as a context manager, or call ``close()``::
+
+        with SnapshotSubscriber(announce, latest) as sub:
+            manifest = sub.poll(2000)
     """
 
     def __init__(
@@ -122,6 +129,12 @@ class SnapshotSubscriber:
         self._req = self._new_dealer()
         self.last_seq = -1
         self._pending: list[dict[str, Any]] = []
+        self._latest_pending = False  # an unanswered "latest" request is out on the DEALER
+        self._ask_latest()
+
+    def _ask_latest(self) -> None:
+        self._req.send_multipart([b"", pack({"op": "latest"})])
+        self._latest_pending = True
 
     def _new_dealer(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
@@ -131,13 +144,30 @@ class SnapshotSubscriber:
         return sock
 
     def _request(self, request: dict[str, Any]) -> dict[str, Any] | None:
+        resend_latest = self._latest_pending and request.get("op") != "latest"
+        if self._latest_pending:  # a blocking request supersedes the one poll() was waiting for
+            self._reset_dealer()
+        try:
+            return self._blocking(request)
+        finally:
+            if resend_latest:
+                self._ask_latest()
+
+    def _reset_dealer(self) -> None:
+        self._req.close(linger=0)
+        self._req = self._new_dealer()
+        self._latest_pending = False
+
+    def _blocking(self, request: dict[str, Any]) -> dict[str, Any] | None:
         self._req.send_multipart([b"", pack(request)])
         if not self._req.poll(self._timeout_ms, zmq.POLLIN):
             # Reset the DEALER so a late reply cannot be mistaken for the next request's answer.
-            self._req.close(linger=0)
-            self._req = self._new_dealer()
+            self._reset_dealer()
             return None
-        reply = unpack(self._req.recv_multipart()[-1])
+        try:
+            reply = unpack(self._req.recv_multipart()[-1])
+        except ValueError:
+            return None
         return reply if isinstance(reply, dict) else None
 
     def request_latest(self) -> dict[str, Any] | None:
@@ -159,16 +189,32 @@ class SnapshotSubscriber:
             manifest = self._pending.pop(0)
             if self._accept(manifest):
                 return manifest
-        while self._sub.poll(timeout_ms, zmq.POLLIN):
-            _topic, payload = self._sub.recv_multipart()
-            try:
-                manifest = unpack(payload)
-            except ValueError:
-                continue
-            if isinstance(manifest, dict) and self._accept(manifest):
-                return manifest
+        poller = zmq.Poller()
+        poller.register(self._sub, zmq.POLLIN)
+        if self._latest_pending:
+            poller.register(self._req, zmq.POLLIN)
+        while ready := dict(poller.poll(timeout_ms)):
             timeout_ms = 0
+            if self._req in ready:
+                self._latest_pending = False
+                poller.unregister(self._req)
+                reply = self._read(self._req)
+                manifest = reply.get("manifest") if isinstance(reply, dict) and reply.get("ok") else None
+                if isinstance(manifest, dict) and self._accept(manifest):
+                    return manifest
+            if self._sub in ready:
+                manifest = self._read(self._sub)
+                if isinstance(manifest, dict) and self._accept(manifest):
+                    return manifest
         return None
+
+    @staticmethod
+    def _read(sock: zmq.Socket) -> Any:
+        """The last frame of one message, decoded; None for garbage (anything may arrive)."""
+        try:
+            return unpack(sock.recv_multipart(zmq.NOBLOCK)[-1])
+        except (ValueError, zmq.Again):
+            return None
 
     def catch_up(self) -> None:
         """Ask for the latest manifest; queue it for ``poll`` if it is newer than what we have."""
@@ -188,6 +234,12 @@ class SnapshotSubscriber:
         self._req.close(linger=0)
         if self._own_context:
             self._context.term()
+
+    def __enter__(self) -> SnapshotSubscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 @dataclass(frozen=True)
