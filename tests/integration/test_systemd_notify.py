@@ -16,6 +16,7 @@ import time
 
 import pytest
 
+from ferretd import lifecycle
 from ferretd.systemd import Notifier
 from tests.integration.harness import ThreadedDaemon, child_env, config_from, digits, wait_for, write_config
 from transports.client import SamplePublisher
@@ -89,39 +90,50 @@ def test_ready_watchdog_status_reloading_stopping(ipc_dir, systemd, tmp_path):
             proc.kill()
 
 
-def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd):
-    config = config_from(write_config(ipc_dir))
+def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd, monkeypatch):
+    """The pipeline engine hangs in its lanes while the loop thread keeps turning: pings must stop
+    once nothing was trained for STALL_S although the loop itself is alive, and resume after."""
+    monkeypatch.setattr(lifecycle, "STALL_S", 1.0)
+    config = config_from(write_config(ipc_dir, pipeline={"plan": "manual", "stages": 2, "workers": 1}))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "400000"})
     with ThreadedDaemon(config, notifier=notifier) as td:
+        daemon = td.daemon
+        assert daemon.learner.status()["engine"] == "pipeline", "the stall must be in the engine's own threads"
         systemd.collect(1.0)
         assert sum(m.get("WATCHDOG") == "1" for _, m in systemd.messages) >= 3
 
         release = threading.Event()
-        real_learn_one = td.daemon.learner.learn_one
+        core = daemon.learner.core
+        real_execute = core.execute
 
-        def stalled_learn_one(*args, **kwargs):  # the engine hangs on this sample
+        def stalled_execute(action):  # every lane hangs on its next action
             release.wait(30)
-            return real_learn_one(*args, **kwargs)
+            return real_execute(action)
 
-        td.daemon.learner.learn_one = stalled_learn_one
+        core.execute = stalled_execute
         x, y = digits(5)
         with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
             for features, label in zip(x, y, strict=True):
                 publisher.publish(features, int(label))
         try:
-            wait_for(lambda: td.daemon.queue.snapshot().in_flight == 1, what="the stalled sample")
-            systemd.collect(0.5)  # datagrams sent before the stall, still in the socket buffer
+            wait_for(lambda: daemon.queue.snapshot().received == 5, what="the samples arrive")
+            time.sleep(lifecycle.STALL_S + 0.3)
+            systemd.collect(0.3)  # datagrams sent before the stall was noticed
             systemd.messages.clear()
             systemd.collect(1.5)
+            assert time.monotonic() - daemon.loop_heartbeat < 0.5, "the loop thread keeps turning"
             assert [m for _, m in systemd.messages if m.get("WATCHDOG")] == [], "no pings while stalled"
+            with ControlClient(config.control.endpoint, timeout_s=10) as ctl:
+                health = ctl.call("health").result
+            assert health["status"] == "degraded", health
+            assert any("none trained" in reason for reason in health["reasons"]), health
         finally:
-            td.daemon.learner.learn_one = real_learn_one
+            core.execute = real_execute
             release.set()
-        with ControlClient(config.control.endpoint, timeout_s=10) as ctl:
-            health = ctl.call("health").result  # answered off the loop thread even while it hangs
-        assert health["status"] == "healthy", "a stall shorter than lifecycle.STALL_S is not degraded yet"
 
         wait_for(lambda: td.settled(5), what="training resumes")
         systemd.messages.clear()
         systemd.collect(1.0)
         assert sum(m.get("WATCHDOG") == "1" for _, m in systemd.messages) >= 2, "pings resume"
+        with ControlClient(config.control.endpoint, timeout_s=10) as ctl:
+            assert ctl.call("health").result["status"] == "healthy"
