@@ -63,7 +63,7 @@ def _short(value: Any, limit: int = 40) -> str:
 
 def pack_array(array: np.ndarray) -> dict[str, Any]:
     """An array as a msgpack-friendly mapping (used for samples and prediction requests)."""
-    array = np.ascontiguousarray(array)
+    array = np.asarray(array, order="C")  # not ascontiguousarray: that turns a 0-d array into shape (1,)
     return {"dtype": array.dtype.str, "shape": list(array.shape), "data": array.tobytes()}
 
 
