@@ -228,6 +228,7 @@ class Daemon:
                 self._drain_signals()
                 self._drain_events()
                 if self.paused:
+                    self._score_dropped()
                     time.sleep(0.05)
                 else:
                     batch = self.queue.take(
