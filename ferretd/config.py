@@ -274,6 +274,36 @@ class SnapshotConfig:
     announce_endpoint: str = ""
     latest_endpoint: str = ""
     max_request_bytes: int = 4096
+@dataclass(frozen=True)
+class DriftConfig:
+    """Drift detection on the online 0/1 error (ferretd/drift.py): Page-Hinkley with River's
+    defaults (false alarms and delays measured in drift.py's docstring); ``reaction =
+    "norm_decay"`` raises the normaliser's decay to ``reaction_decay`` for ``reaction_samples``
+    arrivals after a detection (off by default)."""
+
+    detector: str = "page_hinkley"
+    delta: float = 0.005
+    threshold: float = 50.0
+    min_samples: int = 30
+    alpha: float = 0.9999
+    reaction: str = "none"
+    reaction_decay: float = 0.01
+    reaction_samples: int = 1000
+
+    def check(self) -> None:
+        _choice("drift", "detector", self.detector, ("page_hinkley", "none"))
+        if self.delta < 0:
+            raise ConfigError(f"[drift] delta: must be >= 0, got {self.delta}")
+        _positive("drift", "threshold", self.threshold)
+        _at_least("drift", "min_samples", self.min_samples, 1)
+        if not 0.0 < self.alpha <= 1.0:
+            raise ConfigError(f"[drift] alpha: must be in (0, 1], got {self.alpha}")
+        _choice("drift", "reaction", self.reaction, ("none", "norm_decay"))
+        if not 0.0 < self.reaction_decay < 1.0:
+            raise ConfigError(f"[drift] reaction_decay: must be in (0, 1), got {self.reaction_decay}")
+        _at_least("drift", "reaction_samples", self.reaction_samples, 1)
+
+
     rcvhwm: int = 16
     export: str = "latest"
     ema_decay: float = 0.99
@@ -409,6 +439,7 @@ class Config:
     def check(self) -> None:
         _check_tcp_security(self)
 
+    drift: DriftConfig = field(default_factory=DriftConfig)
     # Resolved locations (always absolute after load_config).
     @property
     def runtime_dir(self) -> Path:

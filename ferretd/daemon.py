@@ -30,6 +30,7 @@ import zmq
 from ferretd import __version__, lifecycle
 from ferretd.checkpoint import CheckpointStore
 from ferretd.config import Config, ConfigError
+from ferretd.drift import DriftMonitor
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.engine.plan import Plan
 from ferretd.ingest import SampleQueue
@@ -97,6 +98,7 @@ class Daemon:
         self._delay_count = 0
         self.paused = False
         self.loop_heartbeat = time.monotonic()
+        self.drift = DriftMonitor.from_config(config, learner=lambda: self.learner)
         self.last_progress_at = time.monotonic()
         self.last_divergence_at: float | None = None
         self._last_trained = 0
@@ -338,7 +340,16 @@ class Daemon:
         """Test-then-train: predict one arrival with the current model and score it (once)."""
         probabilities = self.learner.predict_one(sample.features)
         with self.score_lock:
-            self.score.record(int(np.argmax(probabilities)), sample.label)
+            hit = self.score.record(int(np.argmax(probabilities)), sample.label)
+        if self.drift.update(not hit):  # Page-Hinkley on the online 0/1 error: one log line per detection
+            drift = self.drift.status()
+            log.warning(
+                "drift_detected",
+                detections=drift["detections"],
+                at_sample=drift["last_at_sample"],
+                reaction=drift["reaction"],
+                window_accuracy=self.score_summary()["window_accuracy"],
+            )
 
     def _score_dropped(self) -> None:
         """Score the samples the queue dropped (overflow, shutdown): every arrival is predicted once."""

@@ -61,6 +61,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
         "uptime_s": round(time.time() - daemon.started_at, 1),
         "counters": ledger.to_dict(),
         "accuracy": accuracy_report(daemon, ledger),
+        "drift": daemon.drift.status(),
         "training": {
             "updates": daemon.learner.updates,
             "mean_delay_s": daemon.mean_train_delay_s(),
