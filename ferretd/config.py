@@ -266,15 +266,6 @@ OCL_METHOD_NAMES = ("vanilla", "er", "mir", "lwf", "mas")
 
 
 @dataclass(frozen=True)
-class SnapshotConfig:
-    every_updates: int = 200
-    every_seconds: float = 10.0
-    keep: int = 5
-    opset: int = 17
-    announce_endpoint: str = ""
-    latest_endpoint: str = ""
-    max_request_bytes: int = 4096
-@dataclass(frozen=True)
 class DriftConfig:
     """Drift detection on the online 0/1 error (ferretd/drift.py): Page-Hinkley with River's
     defaults (false alarms and delays measured in drift.py's docstring); ``reaction =
@@ -304,6 +295,15 @@ class DriftConfig:
         _at_least("drift", "reaction_samples", self.reaction_samples, 1)
 
 
+@dataclass(frozen=True)
+class SnapshotConfig:
+    every_updates: int = 200
+    every_seconds: float = 10.0
+    keep: int = 5
+    opset: int = 17
+    announce_endpoint: str = ""
+    latest_endpoint: str = ""
+    max_request_bytes: int = 4096
     rcvhwm: int = 16
     export: str = "latest"
     ema_decay: float = 0.99
@@ -430,6 +430,7 @@ class Config:
     compensation: CompensationConfig = field(default_factory=CompensationConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     ocl: OclConfig = field(default_factory=OclConfig)
+    drift: DriftConfig = field(default_factory=DriftConfig)
     snapshot: SnapshotConfig = field(default_factory=SnapshotConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
@@ -439,7 +440,6 @@ class Config:
     def check(self) -> None:
         _check_tcp_security(self)
 
-    drift: DriftConfig = field(default_factory=DriftConfig)
     # Resolved locations (always absolute after load_config).
     @property
     def runtime_dir(self) -> Path:

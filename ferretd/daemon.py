@@ -83,6 +83,7 @@ class Daemon:
         self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)
         self.score_lock = threading.Lock()
+        self.drift = DriftMonitor.from_config(config, learner=lambda: self.learner)
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
         self.exporter = SnapshotExporter(self.store, config, on_saved=self._snapshot_saved)
         self.checkpoints = CheckpointStore(Path(config.state_dir) / "checkpoints", keep=config.checkpoint.keep)
@@ -98,7 +99,6 @@ class Daemon:
         self._delay_count = 0
         self.paused = False
         self.loop_heartbeat = time.monotonic()
-        self.drift = DriftMonitor.from_config(config, learner=lambda: self.learner)
         self.last_progress_at = time.monotonic()
         self.last_divergence_at: float | None = None
         self._last_trained = 0
