@@ -8,6 +8,10 @@ Both executors call the same ``core.execute(action)``; only the driver differs.
 * :class:`RealtimeExecutor`: one thread per lane (worker x stage); a lane waits on its own
   condition (one lock for all) until its program yields a ready action, runs it outside the
   lock, marks it done and wakes only the lanes it can unblock (same worker, stage j-1 / j+1).
+  Lean hand-off (issue 12): marking an action done and taking the lane's next one happen in one
+  critical section (one lock round trip per action, not two), a lane with a ready next action
+  never waits, and ``drain`` is told only while someone drains (``notify_all`` per action was
+  a GIL hand-off each time).
   Lanes of one stage share the stage's device. Each lane sets its own torch intra-op thread
   count (``threads``): the setting is per thread, and a fresh thread otherwise starts an OpenMP
   team as wide as the machine (measured: two lanes then ran four busy threads on two cores).
@@ -89,6 +93,7 @@ class RealtimeExecutor:
         self.done: set[Key] = set()
         self.busy: dict[Lane, float] = dict.fromkeys(program.lanes, 0.0)
         self.running = 0
+        self._draining = 0
         self.error: BaseException | None = None
         self._stop = False
         self._started = time.perf_counter()
@@ -110,12 +115,13 @@ class RealtimeExecutor:
             self._notify((worker, 0))
 
     def _notify(self, *lanes: Lane) -> None:
-        """Wake the given lanes (call with the lock held); ``drain`` is always told."""
+        """Wake the given lanes (call with the lock held); ``drain`` is told while it waits."""
         for lane in lanes:
             cv = self._wake.get(lane)
             if cv is not None:
                 cv.notify()
-        self.cond.notify_all()
+        if self._draining:
+            self.cond.notify_all()
 
     def _notify_all(self) -> None:
         self._notify(*self._wake)
@@ -133,7 +139,11 @@ class RealtimeExecutor:
             if flushing:
                 self.program.flushing = True  # type: ignore[attr-defined]
             self._notify_all()
-            ok = self.cond.wait_for(self._idle, timeout)
+            self._draining += 1
+            try:
+                ok = self.cond.wait_for(self._idle, timeout)
+            finally:
+                self._draining -= 1
             if flushing:
                 self.program.flushing = False  # type: ignore[attr-defined]
             self._raise()
@@ -143,8 +153,14 @@ class RealtimeExecutor:
         if self.threads is not None:
             # intra-op threads are a per-thread setting: a new thread would otherwise use every core
             torch.set_num_threads(self.threads)
+        wake = self._wake[lane]
+        execute = self.core.execute
+        finished: Action | None = None
+        dt = 0.0
         while True:
             with self.cond:
+                if finished is not None:  # one critical section: mark done, then take the next
+                    self._finish(lane, finished, dt)
                 while True:
                     if self._stop:
                         return
@@ -153,12 +169,12 @@ class RealtimeExecutor:
                         self.program.take(action)
                         self.running += 1
                         break
-                    self._wake[lane].wait()
+                    wake.wait()
             if self.jitter is not None:
                 self.jitter(action)
             t0 = time.perf_counter()
             try:
-                self.core.execute(action)
+                execute(action)
             except BaseException as exc:  # a lane must never die silently
                 log.error("lane_failed", lane=f"w{lane[0]}s{lane[1]}", action=str(action), error=repr(exc))
                 with self.cond:
@@ -166,20 +182,22 @@ class RealtimeExecutor:
                     self._stop = True
                     self.running -= 1
                     self._notify_all()
+                    self.cond.notify_all()
                 return
             dt = time.perf_counter() - t0
-            with self.cond:
-                self.busy[lane] += dt
-                self.running -= 1
-                if action.kind == "B" and action.stage == 0:
-                    m = action.microbatch
-                    self.done.difference_update(
-                        {(k, s, m) for k in ("A", "F", "B") for s in range(self.program.num_stages)}
-                    )
-                elif action.kind != "U":  # nothing waits on an update
-                    self.done.add(key(action))
-                w, s = lane
-                self._notify((w, s - 1), (w, s + 1))
+            finished = action
+
+    def _finish(self, lane: Lane, action: Action, dt: float) -> None:
+        """Record a finished action and wake the lanes it may unblock (lock held)."""
+        self.busy[lane] += dt
+        self.running -= 1
+        if action.kind == "B" and action.stage == 0:
+            m = action.microbatch
+            self.done.difference_update({(k, s, m) for k in ("A", "F", "B") for s in range(self.program.num_stages)})
+        elif action.kind != "U":  # nothing waits on an update
+            self.done.add(key(action))
+        w, s = lane
+        self._notify((w, s - 1), (w, s + 1))
 
     def utilisation(self) -> dict[str, float]:
         wall = time.perf_counter() - self._started
