@@ -128,10 +128,18 @@ class TrainingConfig:
 
 @dataclass(frozen=True)
 class MetricsConfig:
+    """``max_drop_share``: health is degraded when more than this share of the valid samples of the
+    last ``drop_window_s`` seconds were dropped (1.0 turns the check off)."""
+
     window: int = 500
+    max_drop_share: float = 0.5
+    drop_window_s: float = 60.0
 
     def check(self) -> None:
         _at_least("metrics", "window", self.window, 1)
+        if not 0.0 < self.max_drop_share <= 1.0:
+            raise ConfigError(f"[metrics] max_drop_share: must be in (0, 1], got {self.max_drop_share}")
+        _positive("metrics", "drop_window_s", self.drop_window_s)
 
 
 @dataclass(frozen=True)

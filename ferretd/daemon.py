@@ -34,6 +34,7 @@ from ferretd.drift import DriftMonitor
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.engine.plan import Plan
 from ferretd.ingest import SampleQueue
+from ferretd.instance import InstanceLock, check_runtime_dir
 from ferretd.learners import learner_kind, make_learner, plan_from_config
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, RejectReason
@@ -51,6 +52,8 @@ from transports.zmq_snapshots import SnapshotService
 log = structlog.get_logger("ferretd")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG, EXIT_SOCKET = 0, 1, 2, 3
+EXIT_ALREADY_RUNNING = 3  # another ferretd holds the runtime directory's lock
+EXIT_CHECKPOINT_FAILED = 4  # stopped, but the final checkpoint could not be written
 
 
 class Daemon:
@@ -65,6 +68,18 @@ class Daemon:
             raise ConfigError('[pipeline] executor: the daemon runs "realtime"; "virtual" is for tests and benchmarks')
         self.config = config
         self.config_path = config_path
+        # Before any socket or state file is touched: a private runtime directory, one daemon on it.
+        self.instance_lock = InstanceLock(check_runtime_dir(config.runtime_dir, EXIT_CONFIG), EXIT_ALREADY_RUNNING)
+        self.instance_lock.acquire()
+        try:
+            self._init_parts(config, context, config_path, notifier)
+        except BaseException:
+            self.instance_lock.release()
+            raise
+
+    def _init_parts(
+        self, config: Config, context: zmq.Context | None, config_path: str | None, notifier: Notifier | None
+    ) -> None:
         self.context = context or zmq.Context()
         self.started_at = time.time()
         self.state = "starting"
@@ -89,6 +104,10 @@ class Daemon:
         self.checkpoints = CheckpointStore(Path(config.state_dir) / "checkpoints", keep=config.checkpoint.keep)
         self.notifier = notifier or Notifier()
         self.bad_input = RateLimitedLog(log)
+        self.health_issues = lifecycle.HealthIssues()
+        self.checkpoint_record = lifecycle.CheckpointRecord()
+        self.drop_window = lifecycle.DropWindow(config.metrics.drop_window_s)
+        self._next_drop_observe = 0.0
         self.events: queue.Queue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = queue.Queue()
         self._signals: list[int] = []
         self._stop_requested = False
@@ -105,12 +124,39 @@ class Daemon:
         self.ingest: IngestServer | None = None
         self.control: ControlServer | None = None
         self.snapshots: SnapshotService | None = None
-        found = self.checkpoints.newest_valid()
-        if found is not None:
-            lifecycle.resume(self, *found)
+        self.resumed_from = lifecycle.resume_newest(self)
+        if self.resumed_from is not None:
             self.snapshot_cadence.mark(self.learner.updates)
             self.checkpoint_cadence.mark(self.learner.updates)
             self._last_trained = self.queue.snapshot().trained
+
+    def model_template(self) -> torch.nn.Module:
+        """A freshly built configured model (to check a checkpoint's shapes); leaves the RNGs alone."""
+        from ferretd.models import build_model
+
+        with torch.random.fork_rng(devices=[]):
+            return build_model(self.config.model)
+
+    def reset_learning_state(self) -> None:
+        """Back to a fresh start after a resume that failed half-way (``__init__`` only)."""
+        self.learner.close()
+        self.learner = make_learner(self.config, self.plan)
+        self.score = PrequentialScore(self.config.metrics.window)
+        self.drift = DriftMonitor.from_config(self.config, learner=lambda: self.learner)
+        cfg = self.config.ingest
+        self.queue = SampleQueue(cfg.queue_capacity, cfg.overflow, cfg.max_devices)
+        self.replanner = Replanner(self.config, arrival_fn=self.queue.arrival_interval_s)
+        self.replanner.override_bytes = None
+
+    def observe_drops(self) -> None:
+        """Feed the health check's recent-drop window (about once a second, loop thread)."""
+        now = time.monotonic()
+        if now < self._next_drop_observe:
+            return
+        self._next_drop_observe = now + self.drop_window.every_s
+        ledger = self.queue.snapshot()
+        accepted = ledger.received - sum(ledger.invalid.values())
+        self.drop_window.observe(now, accepted, sum(ledger.dropped.values()))
 
     # ------------------------------------------------------------------ ingest thread
 
@@ -227,6 +273,7 @@ class Daemon:
         try:
             while not self._stop_requested:
                 self.loop_heartbeat = time.monotonic()
+                self.observe_drops()
                 self._drain_signals()
                 self._drain_events()
                 if self.paused:
@@ -302,10 +349,15 @@ class Daemon:
             self.notifier.status(status_line(self))
         return {"state": self.state}
 
-    def checkpoint_now(self, reason: str) -> str:
+    def checkpoint_now(self, reason: str, flush_timeout: float | None = None) -> str:
         """Flush the engine and write the full learning state (loop thread only)."""
-        self.learner.flush(timeout=self.config.daemon.shutdown_timeout_s)
-        path = self.checkpoints.save(lifecycle.checkpoint_state(self, reason))
+        self.learner.flush(timeout=self.config.daemon.shutdown_timeout_s if flush_timeout is None else flush_timeout)
+        try:
+            path = self.checkpoints.save(lifecycle.checkpoint_state(self, reason))
+        except Exception as exc:
+            self.checkpoint_record.error(exc)
+            raise
+        self.checkpoint_record.ok()
         self.checkpoint_cadence.mark(self.learner.updates)
         log.info("checkpoint_saved", path=path.name, updates=self.learner.updates, reason=reason)
         return str(path)
@@ -315,7 +367,8 @@ class Daemon:
         if self.checkpoint_cadence.due(self.learner.updates, cfg.every_updates, cfg.every_seconds):
             try:
                 self.checkpoint_now("periodic")
-            except OSError as exc:
+            except Exception as exc:  # disk full, read-only, ...: counted, in health, retried next time
+                self.checkpoint_cadence.mark(self.learner.updates)
                 self.bad_input.warning("checkpoint_failed", "checkpoint_failed", error=str(exc))
 
     def _drain_events(self) -> None:
@@ -448,14 +501,25 @@ class Daemon:
 
     # ------------------------------------------------------------------ shutdown
 
+    # Shares of ``shutdown_timeout_s``: draining the queue ends at DRAIN, the engine flush at FLUSH;
+    # the checkpoint comes next (always attempted: it is the state), then the snapshot only if the
+    # time left covers its expected export time; CLOSE is kept back for closing the sockets.
+    SHUTDOWN_DRAIN, SHUTDOWN_FLUSH, SHUTDOWN_CLOSE = 0.4, 0.5, 0.1
+    FIRST_EXPORT_GUESS_S = 1.0
+
     def shutdown(self, final_snapshot: bool = True) -> int:
-        """Stop accepting, train what is queued (within the timeout), final snapshot, close."""
+        """Stop accepting, train what is queued, final checkpoint and snapshot, close: all within
+        ``[daemon] shutdown_timeout_s`` (see the SHUTDOWN_* shares). Returns the exit code:
+        ``EXIT_CHECKPOINT_FAILED`` when the final checkpoint could not be written."""
         self.state = "stopping"
         self.notifier.stopping("stopping: draining queue")
         if self.ingest is not None:
             self.ingest.stop()
-        deadline = time.monotonic() + self.config.daemon.shutdown_timeout_s
-        while time.monotonic() < deadline and len(self.queue):
+        started = time.monotonic()
+        budget = self.config.daemon.shutdown_timeout_s
+        deadline = started + budget
+        drain_until = started + self.SHUTDOWN_DRAIN * budget
+        while time.monotonic() < drain_until and len(self.queue):
             self._drain_events()
             for sample in self.queue.take(
                 self.config.training.microbatch, timeout=0.05, max_in_flight=self.in_flight_cap()
@@ -463,18 +527,16 @@ class Daemon:
                 self._process(sample)
         dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
         self._score_dropped()
-        self.learner.flush(timeout=max(0.0, deadline - time.monotonic()))
+        self.learner.flush(timeout=max(0.0, started + self.SHUTDOWN_FLUSH * budget - time.monotonic()))
+        code = EXIT_OK
         if final_snapshot:
             try:
-                self.checkpoint_now("shutdown")
-            except Exception:
-                log.exception("final_checkpoint_failed")
-        if final_snapshot and self.learner.updates > self.snapshot_cadence.last_updates:
-            try:
-                self.snapshot_now().result(timeout=max(5.0, deadline - time.monotonic()))
-            except Exception:
-                log.exception("final_snapshot_failed")
-        self.exporter.stop()
+                self.checkpoint_now("shutdown", flush_timeout=0.0)
+            except Exception as exc:
+                code = EXIT_CHECKPOINT_FAILED
+                log.error("final_checkpoint_failed", error=f"{type(exc).__name__}: {exc}", exit_code=code)
+        self._final_snapshot(final_snapshot, deadline - self.SHUTDOWN_CLOSE * budget)
+        self.exporter.stop(timeout=max(0.1, deadline - time.monotonic()))
         self._drain_events()
         for service in (self.control, self.snapshots):
             if service is not None:
@@ -483,7 +545,31 @@ class Daemon:
             self.authenticator.stop()
         self.learner.close()
         ledger = self.queue.snapshot()
-        log.info("ferretd_stopped", dropped_at_shutdown=dropped, **ledger.to_dict(), **self.score_summary())
+        log.info(
+            "ferretd_stopped",
+            dropped_at_shutdown=dropped,
+            shutdown_s=round(time.monotonic() - started, 3),
+            exit_code=code,
+            **ledger.to_dict(),
+            **self.score_summary(),
+        )
         self.state = "stopped"
         self.notifier.close()
-        return EXIT_OK
+        self.instance_lock.release()
+        return code
+
+    def _final_snapshot(self, wanted: bool, until: float) -> None:
+        """Export the last weights if they are new and the time left (to ``until``) allows it."""
+        if not wanted or self.learner.updates <= self.snapshot_cadence.last_updates:
+            return
+        left = until - time.monotonic()
+        expected = self.exporter.last_export_s or self.FIRST_EXPORT_GUESS_S
+        if left < expected:
+            log.warning("final_snapshot_skipped", seconds_left=round(left, 2), expected_s=round(expected, 2))
+            return
+        try:
+            self.snapshot_now().result(timeout=left)
+        except concurrent.futures.TimeoutError:
+            log.warning("final_snapshot_skipped", reason="export did not finish within the shutdown timeout")
+        except Exception as exc:
+            log.error("final_snapshot_failed", error=f"{type(exc).__name__}: {exc}")

@@ -12,19 +12,30 @@ An invalid file changes nothing.
 
 Health (``ferretctl health``): 0 healthy, 1 degraded, 2 down. Degraded means one of: the
 counters do not add up, the loop has not turned for ``STALL_S``, samples are waiting but none
-was trained for ``STALL_S``, training is paused, the last snapshot export failed, or the
-divergence guard discarded an update within ``DIVERGED_RECENT_S``.
+was trained for ``STALL_S``, training is paused, the last snapshot export failed, the
+divergence guard discarded an update within ``DIVERGED_RECENT_S``, the last checkpoint write
+failed, more than ``[metrics] max_drop_share`` of the valid samples of the last
+``[metrics] drop_window_s`` were dropped, or resume had to skip unusable checkpoints (this run
+started from scratch or from an older one). Other components add their own reasons through
+``daemon.health_issues`` (:class:`HealthIssues`: ``set(key, reason)`` / ``clear(key)``).
+
+Resume (:func:`resume_newest`): checkpoints are tried newest first; one that cannot be loaded
+safely is skipped (and left in place), one that loads but does not fit the configured model is
+set aside as ``*.incompatible`` with one log line, so a changed config never becomes a crash
+loop.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ferretd.checkpoint import restore_rng, rng_state
+from ferretd.checkpoint import model_fit_error, restore_rng, rng_state
 from ferretd.config import Config, load_config
 from ferretd.engine.plan import Plan
 from ferretd.learners import learner_kind
@@ -146,6 +157,122 @@ def resume(daemon: Daemon, seq: int, state: dict[str, Any]) -> None:
     )
 
 
+def resume_newest(daemon: Daemon) -> int | None:
+    """Resume from the newest usable checkpoint; returns its seq, or ``None`` (from scratch).
+
+    Runs in ``Daemon.__init__`` before any thread starts. Unusable checkpoints become a health
+    reason; an incompatible one is set aside. Never raises for anything found on disk.
+    """
+    store = daemon.checkpoints
+    problems: list[str] = []
+    for seq in reversed(store.sequences()):
+        try:
+            state = store.load(seq)
+        except ValueError as exc:
+            log.warning("checkpoint_skipped", seq=seq, reason=str(exc))
+            problems.append(f"checkpoint {seq} unusable")
+            continue
+        learner = state.get("learner")
+        problem = model_fit_error(learner.get("model") if isinstance(learner, dict) else None, daemon.model_template())
+        if problem is None:
+            try:
+                resume(daemon, seq, state)
+            except Exception as exc:  # a state that fits the model but not the learner: start clean
+                problem = f"cannot be resumed ({type(exc).__name__}: {str(exc)[:200]})"
+                daemon.reset_learning_state()
+        if problem is None:
+            break
+        store.set_aside(seq, problem)
+        problems.append(f"checkpoint {seq} does not fit the config and was set aside ({problem})")
+    else:
+        seq = None
+    if problems:
+        start = "an older checkpoint" if seq is not None else "scratch"
+        daemon.health_issues.set("resume", f"resumed from {start}: " + "; ".join(problems[:3]))
+    return seq
+
+
+# --------------------------------------------------------------------------- health bookkeeping
+
+
+class HealthIssues:
+    """Reasons for ``degraded`` that components set and clear (thread-safe, keyed by component)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._reasons: dict[str, str] = {}
+
+    def set(self, key: str, reason: str) -> None:
+        with self._lock:
+            self._reasons[key] = reason
+
+    def clear(self, key: str) -> None:
+        with self._lock:
+            self._reasons.pop(key, None)
+
+    def reasons(self) -> list[str]:
+        with self._lock:
+            return list(self._reasons.values())
+
+
+@dataclasses.dataclass
+class CheckpointRecord:
+    """Outcome of the checkpoint writes, for status and health."""
+
+    saved: int = 0
+    failed: int = 0
+    last_ok_at: float | None = None
+    last_error: str | None = None
+    last_error_at: float | None = None
+    last_failed: bool = False
+
+    def ok(self) -> None:
+        self.saved += 1
+        self.last_ok_at = time.time()
+        self.last_failed = False
+
+    def error(self, exc: BaseException) -> None:
+        self.failed += 1
+        self.last_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+        self.last_error_at = time.time()
+        self.last_failed = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class DropWindow:
+    """Share of valid samples dropped over the last ``window_s`` seconds (from ledger samples)."""
+
+    MIN_SAMPLES = 20
+
+    def __init__(self, window_s: float, every_s: float = 1.0) -> None:
+        self.window_s = window_s
+        self.every_s = every_s
+        self._points: deque[tuple[float, int, int]] = deque()
+        self._lock = threading.Lock()
+
+    def observe(self, now: float, accepted: int, dropped: int) -> None:
+        """Record the cumulative counters; cheap to call on every loop turn."""
+        with self._lock:
+            if self._points and now - self._points[-1][0] < self.every_s:
+                return
+            self._points.append((now, accepted, dropped))
+            while len(self._points) > 2 and now - self._points[1][0] >= self.window_s:
+                self._points.popleft()
+
+    def share(self) -> tuple[float, int] | None:
+        """(dropped share, accepted samples) over the window; ``None`` with too few samples."""
+        with self._lock:
+            if len(self._points) < 2:
+                return None
+            (_, a0, d0), (_, a1, d1) = self._points[0], self._points[-1]
+        accepted = a1 - a0
+        if accepted < self.MIN_SAMPLES:
+            return None
+        return max(0, d1 - d0) / accepted, accepted
+
+
 # --------------------------------------------------------------------------- reload
 
 
@@ -207,6 +334,13 @@ def health(daemon: Daemon) -> dict[str, Any]:
         reasons.append(f"{ledger.queued} samples queued but none trained for {now - daemon.last_progress_at:.0f} s")
     if daemon.exporter.last_failed:
         reasons.append("the last snapshot export failed")
+    if daemon.checkpoint_record.last_failed:
+        reasons.append(f"the last checkpoint write failed ({daemon.checkpoint_record.last_error})")
+    drop = daemon.drop_window.share()
+    limit = daemon.config.metrics.max_drop_share
+    if drop is not None and drop[0] > limit:
+        reasons.append(f"{drop[0]:.0%} of the last {drop[1]} valid samples were dropped (limit {limit:.0%})")
+    reasons += daemon.health_issues.reasons()
     diverged_at = getattr(daemon, "last_divergence_at", None)
     if diverged_at is not None and now - diverged_at < DIVERGED_RECENT_S:
         reasons.append(f"a training update diverged {now - diverged_at:.0f} s ago and was discarded")

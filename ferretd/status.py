@@ -76,6 +76,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "weights": daemon.config.snapshot.export,
             "last_export_s": daemon.exporter.last_export_s,
         },
+        "checkpoint": {**daemon.checkpoint_record.to_dict(), "resumed_from": daemon.resumed_from},
         "memory": memory_report(),
         "engine": daemon.learner.status(),
         "plan": daemon.plan.to_dict(),
