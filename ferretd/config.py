@@ -69,6 +69,7 @@ class ModelConfig:
     hidden: tuple[int, ...] = (128, 64)
     channels: tuple[int, ...] = (8, 16)
     factory: str = ""
+    factory_path: str = ""  # a directory put first on sys.path before importing the factory
     normalize: str = "running"
     normalize_decay: float = 0.0
     normalize_clip: float = 10.0

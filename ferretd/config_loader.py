@@ -41,6 +41,10 @@ def load_config(
     for section, values in (overrides or {}).items():
         raw.setdefault(section, {}).update(values)
     config = _build(Config, raw, "")
+    factory_path = config.model.factory_path
+    if factory_path and path is not None and not Path(factory_path).expanduser().is_absolute():
+        factory_path = str(Path(path).absolute().parent / factory_path)  # relative to the config file
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, factory_path=factory_path))
     return resolve_paths(config, env)
 
 

@@ -3,12 +3,11 @@
 ``build_model(config.model)`` returns a ``torch.nn.Sequential`` whose children are the blocks
 ``l_0 .. l_{L-1}`` of the method (section 2 of the Ferret notes). A user model is a factory
 ``package.module:function`` called with the model config that returns a Sequential (or a list
-of modules, wrapped here).
+of modules, wrapped); see :mod:`ferretd.models.custom` and docs/custom-models.md.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import torch
@@ -58,11 +57,6 @@ def build_model(config: ModelConfig, seed: int | None = None) -> nn.Sequential:
         return mlp(tuple(config.input_shape), config.num_classes, tuple(config.hidden))
     if config.name == "convnet":
         return convnet(tuple(config.input_shape), config.num_classes, tuple(config.channels))
-    module_name, _, attr = config.factory.partition(":")
-    factory = getattr(importlib.import_module(module_name), attr)
-    built = factory(config)
-    if isinstance(built, nn.Sequential):
-        return built
-    if isinstance(built, list | tuple) and all(isinstance(b, nn.Module) for b in built):
-        return nn.Sequential(*built)
-    raise TypeError(f"model factory {config.factory} must return nn.Sequential or a list of modules")
+    from ferretd.models.custom import build_custom
+
+    return build_custom(config)  # imports via [model] factory_path; checks the output width
