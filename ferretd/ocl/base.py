@@ -31,6 +31,7 @@ from abc import ABC
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+import structlog
 from torch import Tensor
 
 if TYPE_CHECKING:
@@ -79,6 +80,16 @@ class OclMethod(ABC):  # noqa: B024 - every hook has a no-op default
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         return None
+
+    def foreign(self, state: dict[str, Any]) -> bool:
+        """True when ``state`` was saved by another method (``[ocl] method`` changed between runs):
+        it is logged and not loaded, the method starts fresh, the model weights still resume.
+        Every method's ``state_dict`` carries ``"method"``; ``load_state_dict`` checks this first."""
+        saved = state.get("method", self.name)
+        if saved == self.name:
+            return False
+        structlog.get_logger("ferretd").warning("ocl_state_ignored", saved=str(saved)[:40], method=self.name)
+        return True
 
 
 def load_builtin_methods() -> dict[str, type[OclMethod]]:

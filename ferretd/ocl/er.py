@@ -77,6 +77,7 @@ class ExperienceReplay(OclMethod):
     def state_dict(self) -> dict[str, Any]:
         with self._lock:
             return {
+                "method": self.name,
                 "x": [t.clone() for t in self._x],
                 "y": list(self._y),
                 "capacity": self._capacity,
@@ -85,6 +86,8 @@ class ExperienceReplay(OclMethod):
             }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.foreign(state):
+            return
         with self._lock:
             self._x = [t.clone() for t in state["x"]]
             self._y = [int(v) for v in state["y"]]

@@ -99,6 +99,7 @@ class LearningWithoutForgetting(OclMethod):
     def state_dict(self) -> dict[str, Any]:
         weights = self._old_weights
         return {
+            "method": self.name,
             "old": {n: t.clone() for n, t in weights.items()} if weights is not None else None,
             "seen": self._seen,
             "since": self._since,
@@ -106,6 +107,8 @@ class LearningWithoutForgetting(OclMethod):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.foreign(state):
+            return
         old = state.get("old")
         self._old_weights = {n: t.clone() for n, t in old.items()} if old is not None else None
         self._old = self._view.frozen(self._old_weights) if self._view and self._old_weights is not None else None

@@ -123,6 +123,7 @@ class MemoryAwareSynapses(OclMethod):
             return None if d is None else {n: t.clone() for n, t in d.items()}
 
         return {
+            "method": self.name,
             "acc": copy(self._acc),
             "count": self._count,
             "since": self._since,
@@ -132,6 +133,8 @@ class MemoryAwareSynapses(OclMethod):
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.foreign(state):
+            return
         self._acc = {n: t.clone() for n, t in (state.get("acc") or {}).items()}
         self._count = int(state["count"])
         self._since = int(state["since"])

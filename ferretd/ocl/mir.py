@@ -90,5 +90,7 @@ class MaximallyInterferedRetrieval(ExperienceReplay):
         return {**super().state_dict(), "retrievals": self.retrievals}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.foreign(state):
+            return
         super().load_state_dict(state)
         self.retrievals = int(state.get("retrievals", 0))

@@ -92,7 +92,7 @@ def test_registry_is_the_config_choice_list() -> None:
 def test_selectable_in_config_and_built_by_the_daemon_path(name: str) -> None:
     config = Config(
         model=ModelConfig(input_shape=(4,), num_classes=3, hidden=(8,)),
-        pipeline=PipelineConfig(stages=2),
+        pipeline=PipelineConfig(plan="manual", stages=2),
         ocl=OclConfig(method=name),
     )
     config.ocl.check()
@@ -165,4 +165,21 @@ def test_real_lane_threads_train_every_sample(name: str) -> None:
     assert learner.flush(timeout=60)
     assert len(outcomes) == 200 and all(outcomes)
     assert weights_finite(learner)
+    learner.close()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_another_methods_state_is_ignored_not_fatal(name: str) -> None:
+    """``[ocl] method`` changed between runs: the checkpoint's OCL state is skipped, nothing raises."""
+    learner = build(name, PLANS["P2"]())
+    fresh = learner.ocl.stats() if learner.ocl is not None else {}
+    for other in METHODS:
+        donor = build(other, PLANS["P2"]())
+        run(donor, make_stream(80, seed=4))
+        state = donor.ocl.state_dict() if donor.ocl is not None else {}
+        donor.close()
+        if other != name and state:
+            assert learner.ocl is not None
+            learner.ocl.load_state_dict(state)
+            assert learner.ocl.stats() == fresh, f"{name} took {other}'s state"
     learner.close()
