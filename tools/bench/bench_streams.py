@@ -40,8 +40,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +56,10 @@ if str(ROOT) not in sys.path:
 LR_GRID = (0.005, 0.02, 0.05, 0.2)
 LEARNERS = ("ferretd", "mlp", "river_lr", "river_ht", "river_arf")
 FULL_N = 20_000
-QUICK_N = 2_500
+QUICK_N = 2_000
+OCL_N = 2_000  # full mode only: ferretd with each [ocl] method on the first OCL_N samples of the drifting streams
+OCL_STREAMS = ("agrawal", "sea", "hyperplane", "rbf")
+STATE_DIR = tempfile.TemporaryDirectory(prefix="bench-streams-")  # never the working directory
 
 
 # --------------------------------------------------------------------------- streams
@@ -179,16 +184,19 @@ class PlainMLP:
 class FerretdLearner:
     """``make_learner`` on the default daemon config for this stream, driven test-then-train."""
 
-    def __init__(self, features: int, classes: int, lr: float) -> None:
+    def __init__(self, features: int, classes: int, lr: float, ocl: str | None = None) -> None:
         from ferretd.config import Config
         from ferretd.learners import make_learner
 
         base = Config()
         self.config = dataclasses.replace(
             base,
+            daemon=dataclasses.replace(base.daemon, state_dir=STATE_DIR.name),  # the planner's profile cache
             model=dataclasses.replace(base.model, input_shape=(features,), num_classes=classes),
             training=dataclasses.replace(base.training, lr=lr),
         )
+        if ocl is not None:
+            self.config = dataclasses.replace(self.config, ocl=dataclasses.replace(base.ocl, method=ocl))
         self.learner = make_learner(self.config)
 
     def predict(self, x: np.ndarray) -> int:
@@ -360,21 +368,57 @@ def markdown(results: dict[str, dict[str, Any]], n: int, quick: bool) -> str:
     return "\n".join(lines)
 
 
+def ocl_section(streams: list[RawStream], results: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+    """ferretd with each OCL method (config defaults, ferretd's tuned lr) on the first OCL_N samples.
+
+    Any method but vanilla runs on the pipeline engine (``learners.is_sequential``) with its
+    real-time executor: updates land asynchronously, so a prediction may not yet see the updates
+    of the last few samples (the daemon's behaviour too)."""
+    from ferretd.config import OCL_METHOD_NAMES
+
+    data: dict[str, dict[str, float]] = {}
+    for s in streams:
+        if s.name not in OCL_STREAMS:
+            continue
+        x, y, lr = s.x[:OCL_N], s.y[:OCL_N], results[s.name]["lr"]["ferretd"]
+        data[s.name] = {}
+        for method in OCL_METHOD_NAMES:
+            hits, seconds = prequential_torch(partial(FerretdLearner, s.x.shape[1], s.classes, lr, ocl=method), x, y)
+            data[s.name][method] = float(hits.mean())
+            print(f"  {s.name:<10} ocl={method:<8} acc {hits.mean():.4f}  {seconds:.1f}s", flush=True)
+    lines = [
+        "",
+        f"## ferretd with each `[ocl] method` (first {OCL_N} samples, ferretd's tuned lr, method defaults)",
+        "",
+        "| stream | " + " | ".join(OCL_METHOD_NAMES) + " |",
+        "|---|" + "---:|" * len(OCL_METHOD_NAMES),
+    ]
+    for name, row in data.items():
+        lines.append(f"| {name} | " + " | ".join(f"{row[m]:.3f}" for m in OCL_METHOD_NAMES) + " |")
+    return "\n".join(lines), data
+
+
 def run(quick: bool = True, out_dir: Path | None = None) -> dict[str, Any]:
     import torch
 
     torch.set_num_threads(1)
     n = QUICK_N if quick else FULL_N
     results: dict[str, dict[str, Any]] = {}
-    for s in load_streams(n):
+    streams = load_streams(n)
+    for s in streams:
         if quick:
             s.x, s.y = s.x[:n], s.y[:n]
         print(f"stream {s.name}: {len(s.y)} samples, {s.x.shape[1]} features, {s.classes} classes", flush=True)
         results[s.name] = run_stream(s, lambda line: print(line, flush=True))
+    text = markdown(results, n, quick)
+    ocl: dict[str, Any] = {}
+    if not quick:
+        extra, ocl = ocl_section(streams, results)
+        text += "\n" + extra
     return {
         "title": "Raw drifting streams: ferretd vs River (LR, Hoeffding tree, ARF) and a plain torch MLP",
-        "markdown": markdown(results, n, quick),
-        "data": {"lr_grid": list(LR_GRID), "samples_per_synthetic_stream": n, "streams": results},
+        "markdown": text,
+        "data": {"lr_grid": list(LR_GRID), "samples_per_synthetic_stream": n, "streams": results, "ocl": ocl},
     }
 
 
