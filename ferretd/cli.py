@@ -27,7 +27,7 @@ from ferretd.config import Config, ConfigError, load_config
 from ferretd.daemon import EXIT_CONFIG, EXIT_OK, EXIT_SOCKET, Daemon
 from ferretd.instance import InstanceError
 from ferretd.learners import plan_from_config
-from ferretd.logs import configure_logging
+from ferretd.logs import configure_logging, journal_stderr
 
 log = structlog.get_logger("ferretd")
 
@@ -46,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="with --plan-only: print the plan as JSON")
     parser.add_argument("--version", action="version", version=f"ferretd {__version__}")
     args = parser.parse_args(argv)
+    journal_stderr()  # under systemd, the one-line errors below reach the journal as priority err
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_CONFIG
         sys.stdout.write((plan.to_json() if args.json else plan.describe()) + "\n")
         return EXIT_OK
-    configure_logging(config.daemon.log_level)
+    configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)
     os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
     try:
         daemon = Daemon(config, config_path=args.config)

@@ -34,11 +34,13 @@ class DaemonConfig:
     runtime_dir: str = ""
     state_dir: str = ""
     log_level: str = "info"
+    log_format: str = "auto"  # auto: console on a terminal, else JSON | json | console
     torch_threads: int = 1
     shutdown_timeout_s: float = 30.0
 
     def check(self) -> None:
         _choice("daemon", "log_level", self.log_level, ("debug", "info", "warning", "error"))
+        _choice("daemon", "log_format", self.log_format, ("auto", "json", "console"))
         _at_least("daemon", "torch_threads", self.torch_threads, 1)
         _positive("daemon", "shutdown_timeout_s", self.shutdown_timeout_s)
 

@@ -307,7 +307,7 @@ def reload_config(daemon: Daemon, path: str | None) -> dict[str, Any]:
     daemon.store.keep = merged.snapshot.keep
     daemon.checkpoints.keep = merged.checkpoint.keep
     daemon.queue.reconfigure(merged.ingest.queue_capacity, merged.ingest.overflow)
-    configure_logging(merged.daemon.log_level)
+    configure_logging(merged.daemon.log_level, fmt=merged.daemon.log_format)
     replanned: dict[str, Any] | None = None
     if "[planner]" in applied and daemon.replanner.auto:
         replanned = daemon.replan(force=True, reason="reload")

@@ -36,13 +36,14 @@ import zmq
 
 from ferretd.config import Config
 from ferretd.inference.session import ModelSlot, SnapshotRejected
-from ferretd.logs import RateLimitedLog
+from ferretd.logs import RateLimitedLog, RoutineLog
 from ferretd.messages import SnapshotManifest
 from ferretd.snapshot.manifest import model_name, read_confined, sha256_hex
 from ferretd.snapshot.store import SnapshotStore
 from transports.client import SnapshotSubscriber
 
 log = structlog.get_logger("ferret-infer")
+routine_log = RoutineLog(log)  # routine swaps: one info line per 5 min, the rest at debug
 
 CATCH_UP_S = 5.0
 RESTART_PAUSE_S = 1.0
@@ -141,7 +142,7 @@ class SnapshotLoader:
                 )
                 return False
             if swapped:
-                log.info("model_swapped", seq=manifest.seq, online_accuracy=manifest.online_accuracy)
+                routine_log.info("model_swapped", seq=manifest.seq, online_accuracy=manifest.online_accuracy)
             return swapped
         finally:
             sub.last_seq = self._serving_seq()

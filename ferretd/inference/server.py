@@ -38,7 +38,7 @@ from ferretd.config import Config, ConfigError, load_config
 from ferretd.inference.loader import SnapshotLoader
 from ferretd.inference.session import ModelSlot
 from ferretd.instance import InstanceError, check_runtime_dir
-from ferretd.logs import RateLimitedLog, configure_logging
+from ferretd.logs import RateLimitedLog, configure_logging, journal_stderr
 from transports.codec import Rejected, pack, unpack, unpack_array
 from transports.security import KeyFileError, bind_server, client_curve_from, server_keys_from, start_authenticator
 
@@ -183,12 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ferret-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", help="TOML config (the daemon's); embedded defaults without it")
     args = parser.parse_args(argv)
+    journal_stderr()  # under systemd, the one-line errors below reach the journal as priority err
     try:
         config = load_config(args.config)
     except ConfigError as exc:
         sys.stderr.write(f"ferret-infer: {exc}\n")
         return EXIT_CONFIG
-    configure_logging(config.daemon.log_level)
+    configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)
     try:
         check_runtime_dir(config.daemon.runtime_dir)
     except InstanceError as exc:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ferretd.config import Config
-from ferretd.logs import RateLimitedLog
+from ferretd.logs import RateLimitedLog, RoutineLog
 from ferretd.snapshot.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from ferretd.snapshot.store import SnapshotStore
 
@@ -53,6 +53,7 @@ class SnapshotExporter:
         self.failed = 0
         self.refused_nonfinite = 0
         self._refused_log = RateLimitedLog(log)
+        self._routine_log = RoutineLog(log)  # one info line per 5 min, the rest at debug
         self.last_failed = False
         self.last_export_s: float | None = None
 
@@ -120,6 +121,7 @@ class SnapshotExporter:
         self.last_failed = False
         self.last_export_s = time.perf_counter() - started
         as_dict = manifest.to_dict()
-        log.info("snapshot_saved", seq=manifest.seq, updates=manifest.updates, export_s=round(self.last_export_s, 3))
+        export_s = round(self.last_export_s, 3)
+        self._routine_log.info("snapshot_saved", seq=manifest.seq, updates=manifest.updates, export_s=export_s)
         self.on_saved(as_dict)
         return as_dict
