@@ -149,7 +149,7 @@ class MetricsConfig:
 class PipelineConfig:
     """Hand-set pipeline shape; ``plan = "auto"`` lets the planner choose instead."""
 
-    plan: str = "manual"
+    plan: str = "auto"
     stages: int = 1
     partition: tuple[int, ...] = ()
     workers: int = 1
@@ -316,8 +316,8 @@ class SnapshotConfig:
     latest_endpoint: str = ""
     max_request_bytes: int = 4096
     rcvhwm: int = 16
-    export: str = "latest"
-    ema_decay: float = 0.99
+    export: str = "ema"
+    ema_decay: float = 0.995
 
     def check(self) -> None:
         _choice("snapshot", "export", self.export, ("latest", "ema"))

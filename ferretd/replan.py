@@ -10,15 +10,19 @@ The running plan's own predicted footprint is added back because psutil and the 
 count it as used, and switching plans releases it. Caps are absolute limits on the plan.
 
 The load matters too: unless ``[planner] arrival_interval_s`` fixes it, plans are made for the
-arrival interval measured at ingest (the first plan, before any sample, assumes saturation).
+arrival interval measured at ingest. Before that is measured (the first ~100 arrivals), the
+daemon runs the plan the ``[pipeline]`` keys describe (by default one lane: the sequential
+learner), not a plan for a load nobody has seen; the first measurement triggers a re-plan.
 
 A new plan is searched when the running one no longer fits, when the budget moved by more than
 ``[planner] hysteresis`` (a fraction) from the one the plan was made for, when the measured
 arrival interval moved by more than a factor of 2 from the one it was made for, or on
-``ferretctl replan`` / ``ferretctl budget``. It is applied only if it differs from the running
-plan, through ``learner.apply_plan`` at a safe point: the loop stops feeding samples (the queue
-keeps accepting them), in-flight microbatches finish, then the engine rebuilds its lanes with
-the same weights. Nothing queued or accepted is lost.
+``ferretctl replan`` / ``ferretctl budget``. It is applied (and counted) only if the engine
+would run it differently (:func:`engine_shape`: two plans that both run on the sequential
+learner, or differ only in inactive workers or predictions, are the same), through
+``learner.apply_plan`` at a safe point: the loop stops feeding samples (the queue keeps
+accepting them), in-flight microbatches finish, then the engine rebuilds its lanes with the
+same weights. Nothing queued or accepted is lost.
 
 Only ``[pipeline] plan = "auto"`` re-plans; a manual plan is the operator's decision.
 """
@@ -55,6 +59,17 @@ def plan_shape(plan: Plan) -> dict[str, Any]:
     data = plan.to_dict()
     for key in ("predicted_memory_bytes", "predicted_rate", "budget_bytes", "notes", "extra"):
         data.pop(key, None)
+    return data
+
+
+def engine_shape(plan: Plan, config: Config) -> dict[str, Any]:
+    """What the engine would actually do with ``plan``: one-lane plans are all the sequential learner."""
+    from ferretd.learners import is_sequential
+
+    if is_sequential(plan, config):
+        return {"engine": "sequential", "devices": list(plan.devices[:1])}
+    data = plan_shape(plan)
+    data["workers"] = [w for w in data["workers"] if w.get("active", True)]
     return data
 
 
@@ -109,8 +124,21 @@ class Replanner:
         return self._arrival_fn()
 
     def initial_plan(self) -> Plan:
+        """The planner's plan for the configured or measured load; the ``[pipeline]`` keys' plan
+        (marked ``unmeasured``) while the daemon has not measured the arrival rate yet."""
         self.headroom = self.budget(None)
-        return self._plan_fn(self.config, self.headroom, self.measured_arrival_interval())
+        arrival = self.measured_arrival_interval()
+        if arrival is None and self.config.planner.arrival_interval_s <= 0:
+            return self.unmeasured_plan()
+        return self._plan_fn(self.config, self.headroom, arrival)
+
+    def unmeasured_plan(self) -> Plan:
+        from ferretd.learners import plan_from_config
+
+        manual = dataclasses.replace(self.config, pipeline=dataclasses.replace(self.config.pipeline, plan="manual"))
+        plan = plan_from_config(manual)
+        note = "arrival rate not measured yet: the [pipeline] keys' plan until it is"
+        return dataclasses.replace(plan, notes=note, extra={**plan.extra, "unmeasured": True})
 
     def due(self) -> bool:
         return self.auto and time.monotonic() >= self._next_check
@@ -129,11 +157,14 @@ class Replanner:
         load_moved = bool(arrival and planned_for) and max(arrival / planned_for, planned_for / arrival) > LOAD_FACTOR
         if load_moved and reason == "headroom":
             reason = "arrival rate"
+        if running.extra.get("unmeasured") and arrival is not None:
+            load_moved = True
+            reason = "arrival rate measured" if reason == "headroom" else reason
         if not (force or over or load_moved or moved > self.config.planner.hysteresis):
             return None
         new = self._plan_fn(self.config, headroom, arrival)
         self.headroom = headroom
-        if plan_shape(new) == plan_shape(running):
+        if engine_shape(new, self.config) == engine_shape(running, self.config):
             return None
         self.replans += 1
         self.last_reason = "over budget" if over else reason

@@ -125,13 +125,14 @@ class DivergenceGuard:
 
     An update is refused as ``diverged_nonfinite`` when its loss, gradients or new weights hold a
     NaN or infinity, and as ``diverged_exploding`` when its loss exceeds ``guard_loss_factor``
-    times the running loss EMA (and at least ``LOSS_FLOOR``), or when it would move the weights
-    by more than ``guard_step_ratio`` times their norm (``||new - old|| > r * max(||old||, 1)``;
-    a huge learning rate or gradient). 0 turns either exploding check off. Accepted losses feed
-    the EMA. Thread-safe enough for one writer per stage: counters are only incremented.
+    times the running loss EMA and ``LOSS_FLOOR`` (cross-entropy 1000: logits 1000 apart), or
+    when it would move the weights by more than ``guard_step_ratio`` times their norm
+    (``||new - old|| > r * max(||old||, 1)``; a huge learning rate or gradient). 0 turns either
+    exploding check off. Accepted losses feed the EMA. Thread-safe enough for one writer per
+    stage: counters are only incremented.
     """
 
-    LOSS_FLOOR = 20.0
+    LOSS_FLOOR = 1000.0  # a hard but healthy sample can reach a loss of ~30 (measured on digits); 1000 cannot
     EMA_RATE = 0.05
 
     def __init__(self, loss_factor: float = 100.0, step_ratio: float = 1.0) -> None:

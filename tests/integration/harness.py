@@ -25,6 +25,9 @@ def write_config(directory: str | Path, **sections: dict[str, Any]) -> Path:
     base: dict[str, dict[str, Any]] = {
         "daemon": {"runtime_dir": str(directory / "run"), "state_dir": str(directory / "state")},
         "snapshot": {"every_updates": 100, "every_seconds": 0.0},
+        # The tests were written for the one-lane plan the [pipeline] keys give; a test of the
+        # embedded default (plan = "auto", which re-plans once the arrival rate is measured) asks for it.
+        "pipeline": {"plan": "manual"},
     }
     for name, values in sections.items():
         base.setdefault(name, {}).update(values)

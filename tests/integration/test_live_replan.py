@@ -20,14 +20,22 @@ from transports.zmq_control import ControlClient
 N = 1200
 
 
+def saturated_config(ipc_dir, planner):
+    """An auto config whose first plan is the planner's for a saturated stream (the arrival interval
+    the planner assumes when it knows none), instead of the one-lane plan the daemon runs until it
+    has measured the rate."""
+    config = config_from(write_config(ipc_dir, pipeline={"plan": "auto"}, planner=planner))
+    profile = profile_for_config(config)
+    t_d = profile.total_time_s / (profile.microbatch * config.planner.max_workers)
+    path = write_config(ipc_dir, pipeline={"plan": "auto"}, planner={**planner, "arrival_interval_s": t_d})
+    return path, config_from(path), profile
+
+
 def test_budget_drop_mid_stream_replans_without_losing_samples(ipc_dir):
     # With the measured lane overhead, real-time plans for this tiny MLP on 2 cores stay P1 N1 and a
     # budget drop would have nothing to take away; planning as if lanes were free gives a big plan.
-    path = write_config(
-        ipc_dir, pipeline={"plan": "auto"}, planner={"max_stages": 3, "replan_check_s": 0.5, "action_overhead_s": 0.0}
-    )
-    config = config_from(path)
-    profile = profile_for_config(config)
+    planner = {"max_stages": 3, "replan_check_s": 0.5, "action_overhead_s": 0.0}
+    path, config, profile = saturated_config(ipc_dir, planner)
     search = PlanSearch(
         profile, rate_params_for_config(config, profile), memory_params_for_config(config), max_workers=4, max_stages=3
     )
@@ -108,9 +116,7 @@ def test_replan_switches_between_sequential_and_pipeline_learners_keeping_weight
     import numpy as np
     import torch
 
-    path = write_config(ipc_dir, pipeline={"plan": "auto"}, planner={"max_stages": 3, "action_overhead_s": 0.0})
-    config = config_from(path)
-    profile = profile_for_config(config)
+    _, config, profile = saturated_config(ipc_dir, {"max_stages": 3, "action_overhead_s": 0.0})
     search = PlanSearch(
         profile, rate_params_for_config(config, profile), memory_params_for_config(config), max_workers=4, max_stages=3
     )

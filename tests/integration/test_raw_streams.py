@@ -14,6 +14,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from ferretd.config import Config
 from ferretd.engine.optim import DIVERGED_EXPLODING, DIVERGED_NONFINITE
 from ferretd.lifecycle import health
 from tests.integration.harness import ThreadedDaemon, config_from, digits, wait_for, write_config
@@ -57,8 +58,8 @@ def all_weights_finite(learner) -> bool:
 
 
 def test_raw_scales_default_config_no_nan_accuracy_and_served_model_equals_torch(ipc_dir):
-    config = config_from(write_config(ipc_dir))
-    assert config.model.normalize == "running"  # the embedded default under test
+    config = config_from(write_config(ipc_dir, pipeline={"plan": Config().pipeline.plan}))
+    assert config.model == Config().model and config.pipeline == Config().pipeline  # the embedded defaults
     x, y = raw_digits()
     train_x, train_y, probe = x[:1400], y[:1400], x[1400:1464]
     with ThreadedDaemon(config) as td:
@@ -96,7 +97,7 @@ def _set_lr(learner, lr: float) -> None:
 
 
 def test_a_diverging_update_is_refused_counted_degrades_health_and_training_recovers(ipc_dir):
-    config = config_from(write_config(ipc_dir))
+    config = config_from(write_config(ipc_dir, pipeline={"plan": Config().pipeline.plan}))
     x, y = digits()
     with ThreadedDaemon(config) as td:
         daemon = td.daemon

@@ -38,7 +38,8 @@ class Machine:
                         sources={"psutil": self.free})  # fmt: skip
 
 
-def replanner(machine: Machine, arrival_fn=None, **planner) -> Replanner:
+def replanner(machine: Machine, arrival_fn=lambda: 0.001, **planner) -> Replanner:
+    """Auto re-planning for a stream whose arrival interval was measured (1 ms unless given)."""
     config = load_config(None, env={}, overrides={"pipeline": {"plan": "auto"}, "planner": planner})
     return Replanner(config, headroom_fn=machine, plan_fn=fake_planner, arrival_fn=arrival_fn)
 
@@ -85,7 +86,8 @@ def test_same_shape_is_not_a_new_plan_and_manual_refuses():
     r = replanner(machine)
     plan = r.initial_plan()
     assert r.check(plan, force=True) is None
-    manual = Replanner(load_config(None, env={}), headroom_fn=machine, plan_fn=fake_planner)
+    manual_config = load_config(None, env={}, overrides={"pipeline": {"plan": "manual"}})
+    manual = Replanner(manual_config, headroom_fn=machine, plan_fn=fake_planner)
     with pytest.raises(ValueError, match="manual"):
         manual.check(plan, force=True)
 
@@ -94,8 +96,12 @@ def test_measured_arrival_rate_replans_when_the_load_moves_past_a_factor_of_two(
     machine = Machine(40 * MiB)
     measured: list[float | None] = [None]
     r = replanner(machine, arrival_fn=lambda: measured[0])
-    plan = r.initial_plan()  # no samples yet: planned for saturation
-    assert len(plan.workers) == 4
+    plan = r.initial_plan()  # no samples yet: the [pipeline] keys' one-lane plan, not one for saturation
+    assert plan.num_stages == 1 and len(plan.active_workers) == 1 and plan.extra["unmeasured"]
+    assert r.check(plan) is None  # still nothing measured: nothing to decide
+    measured[0] = 0.001  # the first measurement re-plans
+    plan = r.check(plan)
+    assert plan is not None and len(plan.workers) == 4 and r.last_reason == "arrival rate measured"
     measured[0] = 0.0015  # 1.5x the interval the plan was made for: inside the factor of 2
     assert r.check(plan) is None
     measured[0] = 2.0  # the stream slowed down a lot
@@ -106,3 +112,18 @@ def test_measured_arrival_rate_replans_when_the_load_moves_past_a_factor_of_two(
 def test_configured_arrival_interval_overrides_the_measurement():
     r = replanner(Machine(40 * MiB), arrival_fn=lambda: 2.0, arrival_interval_s=0.001)
     assert r.measured_arrival_interval() is None
+
+
+def test_auto_is_the_default_and_a_plan_the_engine_runs_the_same_way_is_not_counted():
+    assert load_config(None, env={}).pipeline.plan == "auto"
+    machine = Machine(40 * MiB)
+    r = replanner(machine)
+
+    def one_lane(config, headroom, arrival_interval_s=None):  # differs only in what the engine ignores
+        plan = Plan.uniform(3, (), 2, recompute=True)
+        workers = (plan.workers[0], dataclasses.replace(plan.workers[1], active=False))
+        return dataclasses.replace(plan, workers=workers, extra={"arrival_interval_s": 0.001}, notes="x")
+
+    running = r.unmeasured_plan()
+    r._plan_fn = one_lane
+    assert r.check(running, force=True) is None and r.replans == 0
