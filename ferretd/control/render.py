@@ -88,6 +88,7 @@ def render_status(status: dict[str, Any]) -> str:
         (f"  last {a['window']}", fmt(a["window_accuracy"])),
         ("  NoChange baseline", fmt(a["nochange_accuracy"])),
         ("  majority baseline", fmt(a["majority_accuracy"])),
+        *drift_rows(status.get("drift") or {}),
         ("updates", fmt(t["updates"])),
         ("mean train delay", duration(t["mean_delay_s"])),
         ("model snapshot", snapshot),
@@ -98,6 +99,16 @@ def render_status(status: dict[str, Any]) -> str:
         rows.append(("memory headroom", f"{size(m['headroom_bytes'])} (bound by {m.get('headroom_source', '?')})"))
     rows += engine_rows(status.get("engine") or {})
     return table(rows)
+
+
+def drift_rows(drift: dict[str, Any]) -> list[tuple[str, str]]:
+    """Page-Hinkley on the online error (ferretd/drift.py): state, detections, the last one's age."""
+    if not drift:
+        return []
+    text = f"{drift.get('state')}, {drift.get('detections')} detection(s)"
+    if drift.get("last_at") is not None:
+        text += f", last {age(drift['last_at'])} (arrival {drift.get('last_at_sample')})"
+    return [("drift", text)]
 
 
 def engine_rows(engine: dict[str, Any]) -> list[tuple[str, str]]:

@@ -4,9 +4,12 @@ optional normaliser reaction runs."""
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 from structlog.testing import capture_logs
 
+from ferretd.control.render import render_status
 from tests.integration.harness import ThreadedDaemon, config_from, wait_for, write_config
 from transports.client import SamplePublisher
 from transports.zmq_control import ControlClient
@@ -52,4 +55,6 @@ def test_a_concept_change_is_detected_counted_and_logged(ipc_dir):
     assert detected[0]["at_sample"] < CHANGE_AT + 300  # the error jumps from ~0 to ~1
     assert drift["last_at"] is not None and drift["reaction"] == "norm_decay"
     assert status["accuracy"]["window_accuracy"] > 0.5  # it re-learned the swapped concept (0.6 at best, 0.4 if not)
+    shown = r"^drift\s+\w+, [1-9]\d* detection\(s\), last .* ago .*\(arrival \d+\)$"
+    assert re.search(shown, render_status(status), re.M)  # what `ferretctl status` prints
     assert td.exit_code == 0
