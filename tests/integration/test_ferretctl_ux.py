@@ -8,7 +8,9 @@ from __future__ import annotations
 import json
 import os
 import pty
+import re
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -200,3 +202,28 @@ def _as_nobody(fn, argv: list[str]) -> tuple[int, str, str]:
     os.waitpid(pid, 0)
     rc, out, err = json.loads(data)
     return rc, out, err
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_stats_watch_in_a_real_terminal_stays_in_place(live, tmp_path):
+    """Recorded with tmux: the pane shows one table, refreshed in place (never scrolled)."""
+    path, _config, _proc = live
+    session = f"ferretctl-{os.getpid()}"
+    env = child_env()
+    command = f"{sys.executable} -m ferretd.control.ferretctl --config {path} stats --watch 0.3"
+    tmux = ["tmux", "-L", session, "-f", "/dev/null"]
+    subprocess.run([*tmux, "new-session", "-d", "-s", session, "-x", "160", "-y", "60", command],
+                   check=True, env=env, cwd=ROOT)  # fmt: skip
+    try:
+        def pane() -> str:
+            return subprocess.run([*tmux, "capture-pane", "-p", "-t", session], capture_output=True, text=True).stdout
+
+        first = wait_for(lambda: (p := pane()).count("uptime") == 1 and p, timeout=60, what="the first frame")
+        stamp = re.search(r"at (\d\d:\d\d:\d\d)", first).group(1)
+        later = wait_for(lambda: (p := pane()) and stamp not in p and "uptime" in p and p, timeout=60,
+                         what="a redraw")  # fmt: skip
+        assert later.count("uptime") == 1 and later.count("ferretctl stats: every") == 1, later
+        assert later.splitlines()[0].startswith("ferretctl stats: every 0.3 s"), "redrawn from the top"
+        (tmp_path / "tmux-frame.txt").write_text(later)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
