@@ -1,7 +1,8 @@
 """CURVE on tcp, end to end on 127.0.0.1 with a real Daemon: samples from an authorized device are
 received and trained; samples from a client without keys, with an unknown key, or pinned to
 another server key never reach the ledger; only authorized clients get snapshot answers; and a
-client pinned to the daemon's key gets nothing from a rogue server that holds another key."""
+client pinned to the daemon's key gets nothing from a rogue server that holds another key.
+ferret-infer follows snapshots over CURVE and serves only authorized applications."""
 
 from __future__ import annotations
 
@@ -9,11 +10,20 @@ import socket
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from ferretd.control.keygen import generate
-from tests.integration.harness import ThreadedDaemon, config_from, digits, wait_for, write_config
-from transports.client import SamplePublisher
+from tests.integration.harness import (
+    ThreadedDaemon,
+    config_from,
+    digits,
+    start_process,
+    stop_process,
+    wait_for,
+    write_config,
+)
+from transports.client import InferenceClient, SamplePublisher
 from transports.codec import pack, unpack
 from transports.security import ClientCurve, apply_client_curve, load_keypair, load_public_key
 
@@ -101,3 +111,45 @@ def test_only_authorized_clients_get_in(ipc_dir, tmp_path):
     finally:
         rogue_router.close(linger=0)
         context.destroy(linger=0)
+
+
+def test_ferret_infer_gets_snapshots_and_serves_predictions_over_curve(ipc_dir, tmp_path):
+    server_public, server_secret = generate(tmp_path / "server", "ferretd")
+    app_public, app_secret = generate(tmp_path / "apps", "app-1")
+    authorized = tmp_path / "authorized"
+    authorized.mkdir()
+    (authorized / "app-1.key").write_bytes(app_public.read_bytes())
+    (authorized / "ferretd.key").write_bytes(server_public.read_bytes())  # ferret-infer presents the server pair
+    inference = f"tcp://127.0.0.1:{free_port()}"
+    path = write_config(
+        ipc_dir,
+        snapshot={
+            "every_updates": 30,
+            "announce_endpoint": f"tcp://127.0.0.1:{free_port()}",
+            "latest_endpoint": f"tcp://127.0.0.1:{free_port()}",
+        },
+        inference={"endpoint": inference},
+        security={"server_secret_key_file": str(server_secret), "authorized_keys_dir": str(authorized)},
+    )
+    config = config_from(path)
+    x, y = digits(40)
+    with ThreadedDaemon(config) as running:
+        with SamplePublisher(config.ingest.endpoint, "local") as pub:  # ipc: no keys needed
+            for i in range(40):
+                pub.publish(x[i], int(y[i]))
+        wait_for(lambda: running.daemon.store.latest() is not None, timeout=60, what="a snapshot")
+        infer = start_process("ferretd.inference.server", path, tmp_path / "infer.log")
+        try:
+            with InferenceClient(inference, timeout_ms=5000, curve=curve_of(app_secret, server_public)) as client:
+                wait_for(lambda: client.info()["model_seq"] is not None, timeout=60, what="a model in ferret-infer")
+                first = client.info()["model_seq"]
+                with SamplePublisher(config.ingest.endpoint, "local", start_seq=40) as pub:
+                    for i in range(40):  # the next snapshot reaches ferret-infer only through the tcp sockets
+                        pub.publish(x[i], int(y[i]))
+                wait_for(lambda: client.info()["model_seq"] > first, timeout=60, what="a newer snapshot over CURVE")
+                assert 0 <= client.predict(x[0]).label < 10
+            with InferenceClient(inference, timeout_ms=1000) as anonymous, pytest.raises(TimeoutError):
+                anonymous.predict(x[0])
+        finally:
+            assert stop_process(infer) == 0
+    assert "Traceback" not in (tmp_path / "infer.log").read_text()
