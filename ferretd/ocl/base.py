@@ -72,6 +72,10 @@ class OclMethod(ABC):  # noqa: B024 - every hook has a no-op default
     def memory_bytes(self) -> int:
         return 0
 
+    def memory_bound(self, param_bytes: int) -> int:
+        """The most ``memory_bytes()`` can reach for a model of ``param_bytes`` (for a planner)."""
+        return 0
+
     def stats(self) -> dict[str, Any]:
         return {"method": self.name}
 

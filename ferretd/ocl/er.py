@@ -71,6 +71,9 @@ class ExperienceReplay(OclMethod):
     def memory_bytes(self) -> int:
         return sum(t.numel() * t.element_size() + 8 for t in self._x)
 
+    def memory_bound(self, param_bytes: int) -> int:
+        return self.replay_bytes
+
     def stats(self) -> dict[str, Any]:
         return {"method": self.name, "size": len(self._x), "capacity": self._capacity, "bytes": self.memory_bytes()}
 

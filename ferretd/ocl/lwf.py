@@ -87,6 +87,9 @@ class LearningWithoutForgetting(OclMethod):
         weights = self._old_weights or {}
         return sum(t.numel() * t.element_size() for t in weights.values())
 
+    def memory_bound(self, param_bytes: int) -> int:
+        return param_bytes  # one copy of the weights (the old model)
+
     def stats(self) -> dict[str, Any]:
         return {
             "method": self.name,

@@ -110,6 +110,9 @@ class MemoryAwareSynapses(OclMethod):
         groups = [self._acc, self._coef or {}, self._anchor or {}]
         return sum(t.numel() * t.element_size() for g in groups for t in g.values())
 
+    def memory_bound(self, param_bytes: int) -> int:
+        return 3 * param_bytes  # running importance, consolidated coefficient, anchor weights
+
     def stats(self) -> dict[str, Any]:
         return {
             "method": self.name,

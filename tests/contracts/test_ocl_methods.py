@@ -151,6 +151,8 @@ def test_memory_accounting_is_what_the_method_holds(name: str) -> None:
     assert held <= method.memory_bytes() <= held + 8 * labels, f"{name}: reports {method.memory_bytes()}, holds {held}"
     if "bytes" in method.stats():
         assert method.stats()["bytes"] == method.memory_bytes()
+    param_bytes = sum(t.numel() * t.element_size() for t in learner.current_weights().values())
+    assert method.memory_bytes() <= method.memory_bound(param_bytes)
     if name in ("er", "mir"):
         assert method.memory_bytes() <= HYPER["replay_bytes"]
     learner.close()
