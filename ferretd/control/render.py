@@ -9,6 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 
+def scored_note(accuracy: dict[str, Any]) -> str:
+    """``(N dropped unscored)`` when the queue dropped more than it could keep aside for scoring."""
+    unscored = accuracy.get("unscored") or 0
+    return f" ({fmt(unscored)} dropped unscored)" if unscored else ""
+
+
 def fmt(value: Any, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -84,8 +90,9 @@ def render_status(status: dict[str, Any]) -> str:
         ("invalid", f"{fmt(c['invalid_total'])} ({invalid})"),
         ("counters add up", "yes" if c["balanced"] else "NO"),
         ("sequence gaps", f"{c['seq_gaps']} over {c['devices']} device(s), {c['seq_resets']} reset(s)"),
-        ("online accuracy", fmt(a["online_accuracy"])),
+        ("online accuracy", f"{fmt(a['online_accuracy'])} over {fmt(a['samples'])} arrivals" + scored_note(a)),
         (f"  last {a['window']}", fmt(a["window_accuracy"])),
+        ("  trained share", fmt(a.get("trained_share"))),
         ("  NoChange baseline", fmt(a["nochange_accuracy"])),
         ("  majority baseline", fmt(a["majority_accuracy"])),
         *drift_rows(status.get("drift") or {}),

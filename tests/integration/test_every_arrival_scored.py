@@ -3,6 +3,7 @@ and scored (once), through the real daemon, and the ledger stays exact."""
 
 from __future__ import annotations
 
+from ferretd.control.render import render_status
 from ferretd.ingest import SampleQueue
 from ferretd.messages import DropReason, Sample
 from tests.integration.harness import ThreadedDaemon, config_from, digits, wait_for, write_config
@@ -51,3 +52,5 @@ def test_dropped_arrivals_are_scored_and_the_ledger_adds_up(ipc_dir):
         acc = daemon.status()["accuracy"]
         assert acc["arrivals"] == 100 and acc["unscored"] == 0
         assert acc["trained_share"] == 0.16
+        shown = render_status(daemon.status())  # what ferretctl status prints
+        assert "over 100 arrivals" in shown and "trained share" in shown and "0.1600" in shown
