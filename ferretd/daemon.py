@@ -404,10 +404,15 @@ class Daemon:
                 window_accuracy=self.score_summary()["window_accuracy"],
             )
 
-    def _score_dropped(self) -> None:
-        """Score the samples the queue dropped (overflow, shutdown): every arrival is predicted once."""
-        for sample in self.queue.take_dropped():
-            self._score(sample)
+    def _score_dropped(self, until: float | None = None) -> None:
+        """Score the samples the queue dropped (overflow, shutdown): every arrival is predicted once.
+
+        ``until`` (shutdown): stop at that monotonic time; what is left stays unscored."""
+        while batch := self.queue.take_dropped(256):
+            for sample in batch:
+                self._score(sample)
+            if until is not None and time.monotonic() >= until:
+                return
 
     def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
         if outcome.reason.startswith("diverged"):
@@ -526,7 +531,7 @@ class Daemon:
             ):
                 self._process(sample)
         dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
-        self._score_dropped()
+        self._score_dropped(until=started + self.SHUTDOWN_DRAIN * budget)
         self.learner.flush(timeout=max(0.0, started + self.SHUTDOWN_FLUSH * budget - time.monotonic()))
         code = EXIT_OK
         if final_snapshot:

@@ -7,6 +7,8 @@ ferret-infer follows snapshots over CURVE and serves only authorized application
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import zmq
 
 from ferretd.control.keygen import generate
 from tests.integration.harness import (
+    ROOT,
     ThreadedDaemon,
+    child_env,
     config_from,
     digits,
     start_process,
@@ -77,12 +81,12 @@ def test_only_authorized_clients_get_in(ipc_dir, tmp_path):
             wait_for(lambda: ledger().trained == 30, what="authorized samples trained")
 
         intruders = [
-            SamplePublisher(ingest, "anonymous", context=context, send_timeout_ms=200),
-            SamplePublisher(ingest, "unknown-key", curve=unknown_key, context=context, send_timeout_ms=200),
-            SamplePublisher(ingest, "wrong-server", curve=wrong_server, context=context, send_timeout_ms=200),
+            SamplePublisher(ingest, "anonymous", context=context, send_timeout_ms=300),
+            SamplePublisher(ingest, "unknown-key", curve=unknown_key, context=context, send_timeout_ms=300),
+            SamplePublisher(ingest, "wrong-server", curve=wrong_server, context=context, send_timeout_ms=300),
         ]
-        for intruder in intruders:
-            for i in range(30, 60):
+        for intruder in intruders:  # each publish waits up to 300 ms for a handshake that never completes
+            for i in range(30, 35):
                 intruder.publish(x[i], int(y[i]))
         assert ask(context, latest, good, timeout_ms=10_000) is not None, "an authorized client is answered"
         assert ask(context, latest, None, timeout_ms=1000) is None
@@ -153,3 +157,14 @@ def test_ferret_infer_gets_snapshots_and_serves_predictions_over_curve(ipc_dir, 
         finally:
             assert stop_process(infer) == 0
     assert "Traceback" not in (tmp_path / "infer.log").read_text()
+
+
+def test_a_tcp_endpoint_without_keys_fails_check_config_in_one_line(ipc_dir):
+    path = write_config(ipc_dir, ingest={"endpoint": f"tcp://127.0.0.1:{free_port()}"})
+    out = subprocess.run(
+        [sys.executable, "-m", "ferretd", "--check-config", "--config", str(path)],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert out.stderr.count("\n") == 1 and "[ingest] endpoint: tcp://127.0.0.1:" in out.stderr
+    assert "insecure = true" in out.stderr and "Traceback" not in out.stderr
