@@ -406,6 +406,31 @@ class SecurityConfig:
             raise ConfigError("[security] authorized_keys_dir: needed with server_secret_key_file (allowed clients)")
 
 
+ENVELOPE_BYTES = 512
+"""Room for a sample envelope's fields besides the array (device id up to 128 chars, seq, ts, ...)."""
+
+
+def _check_message_limits(config: Config) -> None:
+    """A size limit below one float32 sample of ``[model] input_shape`` would refuse every sample."""
+    needed = 4 * _product(config.model.input_shape) + ENVELOPE_BYTES
+    for section, key, value in (
+        ("ingest", "max_message_bytes", config.ingest.max_message_bytes),
+        ("inference", "max_request_bytes", config.inference.max_request_bytes),
+    ):
+        if value < needed:
+            raise ConfigError(
+                f"[{section}] {key}: {value} is below one float32 sample of [model] input_shape "
+                f"{list(config.model.input_shape)} ({needed} bytes with the envelope); raise it"
+            )
+
+
+def _product(values: tuple[int, ...]) -> int:
+    result = 1
+    for value in values:
+        result *= value
+    return result
+
+
 def _check_tcp_security(config: Config) -> None:
     """A tcp endpoint needs CURVE keys, or ``insecure = true``; control over tcp always needs keys."""
     sec = config.security
@@ -450,6 +475,7 @@ class Config:
 
     def check(self) -> None:
         _check_tcp_security(self)
+        _check_message_limits(self)
 
     # Resolved locations (always absolute after load_config).
     @property

@@ -97,3 +97,12 @@ def test_keygen_writes_an_owner_only_secret_and_never_overwrites(tmp_path, capsy
     assert secret.read_bytes() == before
     assert ferretctl(["keygen", str(directory), "--name", "../escape"]) == 2
     assert not (tmp_path / "new" / "escape.key").exists()
+
+
+def test_size_limits_must_hold_one_sample_of_the_model():
+    big = {"name": "convnet", "input_shape": [3, 128, 128]}
+    with pytest.raises(ConfigError, match=r"^\[ingest\] max_message_bytes: 65536 is below one float32 sample"):
+        load(model=big)
+    with pytest.raises(ConfigError, match=r"^\[inference\] max_request_bytes: 65536 is below"):
+        load(model=big, ingest={"max_message_bytes": 1 << 20})
+    assert load(model=big, ingest={"max_message_bytes": 1 << 20}, inference={"max_request_bytes": 1 << 20})
