@@ -51,6 +51,15 @@ def accuracy_report(daemon: Daemon, ledger: Any) -> dict[str, Any]:
     return report
 
 
+def socket_report(daemon: Daemon) -> dict[str, Any]:
+    """Requests refused by each server socket (answered ``ok: false``), and handler errors on ingest."""
+    return {
+        "control_errors": getattr(daemon.control, "errors", 0),
+        "snapshot_errors": getattr(daemon.snapshots, "errors", 0),
+        "ingest_handler_errors": getattr(daemon.ingest, "handler_errors", 0),
+    }
+
+
 def build_status(daemon: Daemon) -> dict[str, Any]:
     ledger = daemon.queue.snapshot()
     latest = daemon.store.latest()
@@ -77,6 +86,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "last_export_s": daemon.exporter.last_export_s,
         },
         "checkpoint": {**daemon.checkpoint_record.to_dict(), "resumed_from": daemon.resumed_from},
+        "sockets": socket_report(daemon),
         "memory": memory_report(),
         "engine": daemon.learner.status(),
         "plan": daemon.plan.to_dict(),

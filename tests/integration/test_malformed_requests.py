@@ -116,6 +116,8 @@ def test_every_server_loop_survives_malformed_requests(ipc_dir, tmp_path):
             status = ctl.call("status")
         assert status.ok and status.result["counters"]["received"] == 124
         assert status.result["counters"]["seq_gaps"] < 2**64
+        sockets = status.result["sockets"]  # garbage that never reached a handler, counted per socket
+        assert sockets["control_errors"] >= 5 and sockets["snapshot_errors"] >= len(BAD_SNAPSHOT)
         subscriber = SnapshotSubscriber(config.snapshot.announce_endpoint, config.snapshot.latest_endpoint)
         try:
             assert subscriber.request_latest()["seq"] >= 1
