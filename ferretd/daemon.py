@@ -64,8 +64,10 @@ class Daemon:
         config_path: str | None = None,
         notifier: Notifier | None = None,
     ) -> None:
-        if config.pipeline.executor != "realtime":
-            raise ConfigError('[pipeline] executor: the daemon runs "realtime"; "virtual" is for tests and benchmarks')
+        if config.pipeline.executor == "virtual":
+            raise ConfigError(
+                '[pipeline] executor: the daemon runs "realtime" or "process"; "virtual" is for tests and benchmarks'
+            )
         self.config = config
         self.config_path = config_path
         # Before any socket or state file is touched: a private runtime directory, one daemon on it.

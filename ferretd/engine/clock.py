@@ -160,6 +160,12 @@ class OnlineProgram(LaneProgram):
     def in_flight(self) -> int:
         return sum(len(st.b_queue) for st in self._state.values())
 
+    def remove_worker(self, worker: int) -> None:
+        """Forget every lane of ``worker`` (its process executor worker was lost)."""
+        self.lanes = [ln for ln in self.lanes if ln[0] != worker]
+        for ln in [ln for ln in self._state if ln[0] == worker]:
+            del self._state[ln]
+
     def describe_wait(self, lane: Lane) -> str:
         st = self._state[lane]
         if not (st.f_queue or st.b_queue or st.pending_u or (self.flushing and st.window)):

@@ -8,6 +8,10 @@ here, in the caller's thread), which enter that worker's async 1F1B pipeline
 * ``executor="realtime"``: one thread per lane; ``on_done`` fires from a lane thread.
 * ``executor="virtual"``: deterministic; sample ``i`` arrives at virtual time ``i * t_d`` and
   actions cost ``cost[(stage, kind)]`` seconds; ``learn_one`` runs the clock up to the arrival.
+* ``executor="process"``: the thread lanes with every F and B computed in one worker process
+  per lane (:mod:`ferretd.engine.process`; CPU stages without OCL losses, else the thread
+  executor is used and a warning logged). A lost worker process drops to the remaining workers
+  (``active`` shrinks); when none is left the thread executor takes over the same core.
 
 Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs on
 ``cuda:(j mod ngpu)`` when CUDA is present; a plan naming a CUDA device is obeyed;
@@ -35,6 +39,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import numpy as np
+import structlog
 import torch
 from torch import Tensor, nn
 
@@ -51,8 +56,8 @@ from ferretd.models.normalize import RunningNorm, make_norm_for, wrap_export
 from ferretd.ocl.base import OclMethod
 from ferretd.ocl.view import ModelView
 
-
 DEFAULT_LOG_LIMIT = 256  # action-log entries kept (debugging, replay tests pass None); the planner counts them
+log = structlog.get_logger(__name__)
 
 
 def resolve_devices(plan: Plan, policy: str = "auto") -> list[torch.device]:
@@ -76,7 +81,7 @@ class PipelineLearner(OnlineLearner):
         training: TrainingConfig,
         compensator: Compensator | None = None,
         ocl: OclMethod | None = None,
-        executor: Literal["realtime", "virtual"] = "realtime",
+        executor: Literal["realtime", "virtual", "process"] = "realtime",
         *,
         cost: Mapping[tuple[int, str], float] | None = None,
         t_d: float = 0.0,
@@ -87,8 +92,8 @@ class PipelineLearner(OnlineLearner):
         norm: RunningNorm | None = None,
         ema_decay: float | None = None,
     ) -> None:
-        if executor not in ("realtime", "virtual"):
-            raise ValueError(f"executor must be 'realtime' or 'virtual', got {executor!r}")
+        if executor not in ("realtime", "virtual", "process"):
+            raise ValueError(f"executor must be 'realtime', 'virtual' or 'process', got {executor!r}")
         self.template = copy.deepcopy(model)
         self.training = training
         self.compensator = compensator
@@ -145,7 +150,32 @@ class PipelineLearner(OnlineLearner):
             cpu_lanes = sum(1 for (_, s) in self.program.lanes if devs[s].type == "cpu")
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
             threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
-            self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
+            self.executor = self._lanes(threads)
+
+    def _lanes(self, threads: int) -> RealtimeExecutor:
+        """Thread lanes, or lanes computing in worker processes (``executor="process"``)."""
+        if self.executor_kind == "process":
+            from ferretd.engine.process import ProcessExecutor
+
+            try:
+                return ProcessExecutor(
+                    self.core, self.program, threads=threads, jitter=self.jitter, on_worker_lost=self._worker_lost
+                )
+            except ValueError as exc:
+                log.warning("process_executor_unavailable", reason=str(exc))
+        return RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
+
+    def _worker_lost(self, worker: int) -> None:
+        """A process worker died (called from a lane): route new samples to the others."""
+        self.active = [w for w in self.active if w != worker]
+
+    def _thread_fallback(self) -> None:
+        """Every process worker is gone: thread lanes take over the same core and weights."""
+        self.executor.close()
+        self.active = self.plan.active_workers
+        acc = {(w, s): self.plan.workers[w].accumulation[s] for w in self.active for s in range(self.plan.num_stages)}
+        self.program = OnlineProgram(self.plan.num_stages, acc)
+        self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=1)
 
 
     def current_weights(self) -> dict[str, Tensor]:
@@ -184,6 +214,8 @@ class PipelineLearner(OnlineLearner):
             x = self.norm.apply(x)
         i = self._samples
         self._samples += 1
+        if not self.active:
+            self._thread_fallback()
         worker = self.active[i % len(self.active)]
         buf = self._buffers.setdefault(worker, [])
         buf.append((x, int(y), on_done, i * self.t_d))

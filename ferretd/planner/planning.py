@@ -53,7 +53,7 @@ def rate_params_for_config(config: Config, profile: Profile, arrival_interval_s:
     if not t_d or t_d <= 0:
         t_d = profile.total_time_s / (profile.microbatch * config.planner.max_workers)
     realtime: dict[str, float] = {}
-    if config.pipeline.executor == "realtime":
+    if config.pipeline.executor in ("realtime", "process"):
         # Lanes are threads: charge the engine's per-action overhead, and CPU lanes share the cores.
         overhead = config.planner.action_overhead_s
         if overhead < 0:

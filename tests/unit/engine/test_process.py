@@ -1,0 +1,91 @@
+"""The process executor: same math as the thread lanes and the replay, and a lost worker is survived."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections import Counter
+
+import numpy as np
+import torch
+
+from ferretd.config import TrainingConfig
+from ferretd.engine.core import PipelineCore
+from ferretd.engine.pipeline import PipelineLearner
+from ferretd.engine.plan import Plan
+from ferretd.engine.process import WORKER_LOST, ProcessExecutor
+from ferretd.engine.runtime import replay
+
+TR = TrainingConfig(lr=0.1, momentum=0.9, microbatch=2)
+
+
+def _run(make_mlp, plan: Plan, executor: str, x: np.ndarray, y: np.ndarray) -> PipelineLearner:
+    learner = PipelineLearner(
+        make_mlp(), plan, TR, executor=executor, devices="plan", record_inputs=True, log_limit=None
+    )
+    for xi, yi in zip(x, y, strict=True):
+        learner.learn_one(xi, int(yi))
+    assert learner.flush(60)
+    return learner
+
+
+def test_p1n1_process_equals_threads_and_plain_sgd(make_mlp, stream) -> None:
+    x, y = stream(16)
+    plan = Plan.uniform(3)
+    proc = _run(make_mlp, plan, "process", x, y)
+    assert isinstance(proc.executor, ProcessExecutor)
+    threads = _run(make_mlp, plan, "realtime", x, y)
+    virtual = _run(make_mlp, plan, "virtual", x, y)  # one lane: F, B, U per microbatch = plain SGD
+    got = proc.core.full_state()
+    for other in (threads, virtual):
+        want = other.core.full_state()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    for learner in (proc, threads, virtual):
+        learner.close()
+
+
+def test_p2n1_process_uses_stashed_versions_and_equals_its_replay(make_mlp, stream) -> None:
+    x, y = stream(24)
+    plan = Plan.uniform(3, (1,))
+    proc = _run(make_mlp, plan, "process", x, y)
+    proc.close()
+    assert proc.core.stats()[0]["max_staleness"] >= 1, "stage 0 trained on a stashed (older) version"
+    fresh = PipelineCore(make_mlp(), plan, TR)
+    assert replay(list(proc.core.log), fresh, proc.core.inputs) == []
+    got, want = proc.core.full_state(), fresh.full_state()
+    assert all(torch.equal(got[k], want[k]) for k in want)
+
+
+def test_a_killed_worker_process_degrades_without_losing_the_ledger(make_mlp, stream) -> None:
+    x, y = stream(40)
+    learner = PipelineLearner(make_mlp(), Plan.uniform(3, (1,), workers=2), TR, executor="process", devices="plan")
+    outcomes: Counter[int] = Counter()
+    reasons: Counter[str] = Counter()
+
+    def done(i: int):
+        def cb(outcome) -> None:
+            outcomes[i] += 1
+            reasons["trained" if outcome.trained else outcome.reason] += 1
+
+        return cb
+
+    for i in range(12):
+        learner.learn_one(x[i], int(y[i]), done(i))
+    assert learner.flush(60)
+    victim = learner.executor.procs[(1, 0)]
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.join(10)
+    for i in range(12, 40):
+        learner.learn_one(x[i], int(y[i]), done(i))
+    assert learner.flush(60)
+    assert learner.executor.lost == {1} and learner.active == [0]
+    assert sorted(outcomes) == list(range(40)) and set(outcomes.values()) == {1}, "every sample settled once"
+    # worker 0 trains its half; worker 1's share until the loss is seen is dropped, never lost
+    assert reasons[WORKER_LOST] >= 1 and reasons["trained"] >= 12 + 14
+    assert reasons["trained"] + reasons[WORKER_LOST] == 40
+    before = reasons["trained"]
+    for i in range(40, 50):  # after the loss every sample goes to the surviving worker
+        learner.learn_one(x[i % 40], int(y[i % 40]), done(i))
+    assert learner.flush(60)
+    assert reasons["trained"] == before + 10 and set(outcomes.values()) == {1}
+    learner.close()
