@@ -158,14 +158,21 @@ class DivergenceGuard:
 
     def check_update(self, old: Sequence[Tensor], new: Sequence[Tensor]) -> str | None:
         """New weights of one update: None if they may be published, else the reason."""
-        with torch.no_grad():
-            if not all(bool(torch.isfinite(t).all()) for t in new):
-                return DIVERGED_NONFINITE
+        if not new:
+            return None
+        k = len(new)
+        with torch.no_grad():  # per-tensor norms in a few fused calls and one device sync
+            norms = list(torch._foreach_norm(list(new)))
             if self.step_ratio > 0:
-                step = math.sqrt(sum(float((n - o).double().pow(2).sum()) for n, o in zip(new, old, strict=True)))
-                norm = math.sqrt(sum(float(o.double().pow(2).sum()) for o in old))
-                if not math.isfinite(step) or step > self.step_ratio * max(norm, 1.0):
-                    return DIVERGED_EXPLODING
+                norms += torch._foreach_norm(torch._foreach_sub(list(new), list(old)))
+                norms += torch._foreach_norm(list(old))
+            squares = torch.stack([n.to(norms[0].device) for n in norms]).double().pow(2).tolist()
+        if not math.isfinite(sum(squares[:k])):  # a NaN or infinity anywhere in the new weights
+            return DIVERGED_NONFINITE
+        if self.step_ratio > 0:
+            step, norm = math.sqrt(sum(squares[k : 2 * k])), math.sqrt(sum(squares[2 * k :]))
+            if step > self.step_ratio * max(norm, 1.0):
+                return DIVERGED_EXPLODING
         return None
 
     def refused(self, reason: str) -> None:
@@ -201,8 +208,8 @@ class WeightAverage:
     def update(self, new: Sequence[Tensor]) -> None:
         d = min(self.decay, (1 + self.count) / (10 + self.count))
         with torch.no_grad():
-            for avg, t in zip(self.tensors, new, strict=True):
-                avg.mul_(d).add_(t.detach(), alpha=1 - d)
+            torch._foreach_mul_(self.tensors, d)
+            torch._foreach_add_(self.tensors, [t.detach() for t in new], alpha=1 - d)
         self.count += 1
 
     def reset(self, tensors: Sequence[Tensor], count: int = 0) -> None:

@@ -214,3 +214,24 @@ def test_export_serves_the_average_and_both_learners_agree(make_mlp, stream):
     restored.load_state_dict(seq.state_dict())
     c = restored.export_module().state_dict()
     assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+@pytest.mark.parametrize("kind", ["adam", "adagrad"])
+def test_adaptive_optimizers_run_with_stashing_and_compensation(make_mlp, stream, kind):
+    from ferretd.compensation import make_compensator
+
+    tr = TrainingConfig(optimizer=kind, lr=0.01)
+    plan = Plan.uniform(3, Plan.even_partition(3, 3), workers=2)
+    learner = PipelineLearner(
+        make_mlp(), plan, tr, compensator=make_compensator("iter_fisher"), executor="virtual", devices="plan"
+    )
+    x, y = stream(60)
+    seen, done = _outcomes()
+    for xi, yi in zip(x, y, strict=True):
+        learner.learn_one(xi, int(yi), done)
+    assert learner.flush()
+    assert len(seen) == 60 and all(o.trained for o in seen)
+    assert max(s["max_staleness"] for s in learner.core.stats()) > 0  # stale gradients were compensated
+    state = learner.state_dict()
+    assert all(entry["steps"] > 0 and "second" in entry for entry in state["optim"].values())
+    assert all(bool(torch.isfinite(t).all()) for t in state["model"].values())
