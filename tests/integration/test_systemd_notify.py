@@ -103,14 +103,12 @@ def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd, monkeypatc
         assert sum(m.get("WATCHDOG") == "1" for _, m in systemd.messages) >= 3
 
         release = threading.Event()
-        core = daemon.learner.core
-        real_execute = core.execute
+        executor = daemon.learner.executor
 
-        def stalled_execute(action):  # every lane hangs on its next action
+        def stall(action):  # the executor's per-action hook: every lane hangs before its next action
             release.wait(30)
-            return real_execute(action)
 
-        core.execute = stalled_execute
+        executor.jitter = stall
         x, y = digits(5)
         with SamplePublisher(config.ingest.endpoint, "dev") as publisher:
             for features, label in zip(x, y, strict=True):
@@ -128,7 +126,7 @@ def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd, monkeypatc
             assert health["status"] == "degraded", health
             assert any("none trained" in reason for reason in health["reasons"]), health
         finally:
-            core.execute = real_execute
+            executor.jitter = None
             release.set()
 
         wait_for(lambda: td.settled(5), what="training resumes")
