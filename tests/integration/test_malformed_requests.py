@@ -102,6 +102,9 @@ def test_every_server_loop_survives_malformed_requests(ipc_dir, tmp_path):
                     pub.send_raw(encode_sample(device, seq, x[0], int(y[0])))
         with InferenceClient(config.inference.endpoint, timeout_ms=5000) as client:
             wait_for(lambda: client.info()["model_seq"] is not None, timeout=60, what="a model in ferret-infer")
+            endpoints = [config.ingest.endpoint, config.control.endpoint, config.inference.endpoint,
+                         config.snapshot.announce_endpoint, config.snapshot.latest_endpoint]  # fmt: skip
+            assert {oct(os.stat(e[len("ipc://") :]).st_mode & 0o777) for e in endpoints} == {"0o600"}
 
             every_bad_request_is_refused(context, config.inference.endpoint, BAD_PREDICT, 70_000)
             every_bad_request_is_refused(context, config.control.endpoint, BAD_CONTROL, 70_000)
