@@ -137,9 +137,13 @@ class MetricsConfig:
     window: int = 500
     max_drop_share: float = 0.5
     drop_window_s: float = 60.0
+    listen: str = ""  # OpenMetrics endpoint, e.g. "127.0.0.1:9108"; empty = off
 
     def check(self) -> None:
         _at_least("metrics", "window", self.window, 1)
+        _, sep, port = self.listen.rpartition(":")
+        if self.listen and not (sep and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"[metrics] listen: expected HOST:PORT like 127.0.0.1:9108, got {self.listen!r}")
         if not 0.0 < self.max_drop_share <= 1.0:
             raise ConfigError(f"[metrics] max_drop_share: must be in (0, 1], got {self.max_drop_share}")
         _positive("metrics", "drop_window_s", self.drop_window_s)

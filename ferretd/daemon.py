@@ -125,6 +125,7 @@ class Daemon:
         self._last_trained = 0
         self.ingest: IngestServer | None = None
         self.control: ControlServer | None = None
+        self.metrics_endpoint: Any = None  # ferretd.exposition.MetricsEndpoint when [metrics] listen is set
         self.snapshots: SnapshotService | None = None
         self.resumed_from = lifecycle.resume_newest(self)
         if self.resumed_from is not None:
@@ -251,6 +252,10 @@ class Daemon:
         self.exporter.start()
         self.snapshots.start()
         self.control.start()
+        if cfg.metrics.listen:  # OpenMetrics over HTTP; prometheus_client is imported only then
+            from ferretd.exposition import MetricsEndpoint
+
+            self.metrics_endpoint = MetricsEndpoint(cfg.metrics.listen, self.status)
         self.ingest.start()
         self.state = "running"
         log.info(
@@ -548,6 +553,8 @@ class Daemon:
         for service in (self.control, self.snapshots):
             if service is not None:
                 service.stop()
+        if self.metrics_endpoint is not None:
+            self.metrics_endpoint.close()
         if self.authenticator is not None:
             self.authenticator.stop()
         self.learner.close()
