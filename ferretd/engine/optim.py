@@ -19,6 +19,7 @@ count) and stored by full-model parameter name, so it survives re-plans and lear
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -128,8 +129,8 @@ class DivergenceGuard:
     times the running loss EMA and ``LOSS_FLOOR`` (cross-entropy 1000: logits 1000 apart), or
     when it would move the weights by more than ``guard_step_ratio`` times their norm
     (``||new - old|| > r * max(||old||, 1)``; a huge learning rate or gradient). 0 turns either
-    exploding check off. Accepted losses feed the EMA. Thread-safe enough for one writer per
-    stage: counters are only incremented.
+    exploding check off. Accepted losses feed the EMA. ``refused`` takes a lock (the stages'
+    writers of the pipeline count concurrently); ``check_loss`` runs under the caller's lock.
     """
 
     LOSS_FLOOR = 1000.0  # a hard but healthy sample can reach a loss of ~30 (measured on digits); 1000 cannot
@@ -141,6 +142,7 @@ class DivergenceGuard:
         self.loss_ema: float | None = None
         self.counts: dict[str, int] = {DIVERGED_NONFINITE: 0, DIVERGED_EXPLODING: 0}
         self.last_reason: str | None = None
+        self._lock = threading.Lock()
 
     @classmethod
     def from_config(cls, training: TrainingConfig) -> DivergenceGuard:
@@ -176,8 +178,9 @@ class DivergenceGuard:
         return None
 
     def refused(self, reason: str) -> None:
-        self.counts[reason] = self.counts.get(reason, 0) + 1
-        self.last_reason = reason
+        with self._lock:
+            self.counts[reason] = self.counts.get(reason, 0) + 1
+            self.last_reason = reason
 
     def stats(self) -> dict[str, Any]:
         return {"refused": dict(self.counts), "loss_ema": self.loss_ema, "last_reason": self.last_reason}
