@@ -167,7 +167,7 @@ class PipelineConfig:
         _at_least("pipeline", "stages", self.stages, 1)
         _at_least("pipeline", "workers", self.workers, 1)
         _at_least("pipeline", "accumulation", self.accumulation, 1)
-        _choice("pipeline", "executor", self.executor, ("realtime", "virtual", "process"))
+        _choice("pipeline", "executor", self.executor, ("realtime", "virtual", "process", "auto"))
         if self.partition and len(self.partition) != self.stages - 1:
             raise ConfigError(
                 f"[pipeline] partition: {self.stages} stages need {self.stages - 1} cut points, "

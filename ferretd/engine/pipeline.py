@@ -177,7 +177,6 @@ class PipelineLearner(OnlineLearner):
         self.program = OnlineProgram(self.plan.num_stages, acc)
         self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=1)
 
-
     def current_weights(self) -> dict[str, Tensor]:
         """Current published weights by full-model name, without a copy (versions are immutable)."""
         pairs = zip(self.core.param_names, self.core.current_tensors(), strict=True)
@@ -340,7 +339,10 @@ class PipelineLearner(OnlineLearner):
         ocl_hyper = {**dataclasses.asdict(config.ocl), "seed": config.training.seed, "lr": config.training.lr}
         ocl = make_ocl(config.ocl.method, **ocl_hyper)
         model = build_model(config.model, seed=config.training.seed)
-        kwargs.setdefault("executor", config.pipeline.executor)
+        executor = config.pipeline.executor
+        if executor == "auto":  # the planner weighed the executors (planning.executors_for_config)
+            executor = str(plan.extra.get("executor", "realtime"))
+        kwargs.setdefault("executor", executor)
         kwargs.setdefault("norm", make_norm_for(config))
         kwargs.setdefault("ema_decay", ema_decay_for(config))
         return cls(model, plan, config.training, compensator=compensator, ocl=ocl, **kwargs)

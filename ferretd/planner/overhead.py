@@ -5,10 +5,12 @@ action, a hand-off between lane threads, version bookkeeping and ``functional_ca
 models that is most of the time, and it holds the GIL. The rate model needs it (section 6 of
 ``rate.py``'s docstring) to see that many lanes of a tiny model are slower than one.
 
-Measured by running the real ``PipelineLearner`` (2 stages, 1 worker, real-time executor) on a
-model whose two blocks are ``Linear(1, 1)``, so compute is negligible: seconds per sample /
-6 actions (F, B, U at 2 stages). The median of 3 runs is cached as JSON next to the profiles,
-keyed by Python and torch versions.
+Measured by running the real ``PipelineLearner`` (2 stages, 1 worker) on a model whose two blocks
+are ``Linear(1, 1)``, so compute is negligible: seconds per sample / 6 actions (F, B, U at 2
+stages). The median of 3 runs is cached as JSON next to the profiles, keyed by executor, Python
+and torch versions. Each executor has its own (issue 12): ``realtime`` (thread lanes: dispatch
+and hand-off under the GIL) and ``process`` (lanes whose F and B run in worker processes: a pipe
+round trip per F and B; the compute leaves the GIL, the overhead is latency).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import structlog
 log = structlog.get_logger(__name__)
 
 
-def measure_action_overhead(samples: int = 300, repeats: int = 3) -> float:
+def measure_action_overhead(samples: int = 300, repeats: int = 3, executor: str = "realtime") -> float:
     import numpy as np
     import torch
     from torch import nn
@@ -38,7 +40,7 @@ def measure_action_overhead(samples: int = 300, repeats: int = 3) -> float:
     for _ in range(repeats):
         torch.manual_seed(0)
         model = nn.Sequential(nn.Sequential(nn.Linear(1, 1)), nn.Sequential(nn.Linear(1, 2)))
-        learner = PipelineLearner(model, Plan.uniform(2, (1,), 1), TrainingConfig(lr=1e-3), executor="realtime")
+        learner = PipelineLearner(model, Plan.uniform(2, (1,), 1), TrainingConfig(lr=1e-3), executor=executor)
         try:
             for _ in range(30):  # warm-up: threads, allocator, autograd
                 learner.learn_one(x, 0)
@@ -53,17 +55,18 @@ def measure_action_overhead(samples: int = 300, repeats: int = 3) -> float:
     return statistics.median(results)
 
 
-def cached_action_overhead(cache_dir: Path) -> float:
+def cached_action_overhead(cache_dir: Path, executor: str = "realtime") -> float:
     import torch
 
-    key = f"overhead-py{platform.python_version()}-torch{torch.__version__}.json".replace("+", "_")
+    kind = "" if executor == "realtime" else f"{executor}-"
+    key = f"overhead-{kind}py{platform.python_version()}-torch{torch.__version__}.json".replace("+", "_")
     path = Path(cache_dir) / key
     try:
         return float(json.loads(path.read_text())["action_overhead_s"])
     except (OSError, ValueError, KeyError):
         pass
-    overhead = measure_action_overhead()
+    overhead = measure_action_overhead(executor=executor)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"action_overhead_s": overhead, "measured_at": time.time()}))
-    log.info("engine_overhead_measured", action_overhead_s=overhead, path=str(path))
+    log.info("engine_overhead_measured", executor=executor, action_overhead_s=overhead, path=str(path))
     return overhead

@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -48,20 +49,34 @@ def memory_params_for_config(config: Config) -> MemoryParams:
     )
 
 
-def rate_params_for_config(config: Config, profile: Profile, arrival_interval_s: float | None = None) -> RateParams:
+def rate_params_for_config(
+    config: Config, profile: Profile, arrival_interval_s: float | None = None, executor: str | None = None
+) -> RateParams:
     t_d = arrival_interval_s if arrival_interval_s is not None else config.planner.arrival_interval_s
     if not t_d or t_d <= 0:
         t_d = profile.total_time_s / (profile.microbatch * config.planner.max_workers)
-    realtime: dict[str, float] = {}
-    if config.pipeline.executor in ("realtime", "process"):
-        # Lanes are threads: charge the engine's per-action overhead, and CPU lanes share the cores.
+    executor = executor or config.pipeline.executor
+    if executor == "auto":
+        executor = "realtime"
+    realtime: dict[str, Any] = {}
+    if executor in ("realtime", "process"):
+        # Real lanes: charge the executor's per-action overhead, and CPU lanes share the cores.
         overhead = config.planner.action_overhead_s
-        if overhead < 0:
-            overhead = cached_action_overhead(Path(config.state_dir) / "profiles")
+        if overhead < 0 or executor == "process":
+            overhead = cached_action_overhead(Path(config.state_dir) / "profiles", executor)
         realtime["action_overhead_s"] = overhead
+        realtime["overhead_holds_gil"] = executor == "realtime"
         if not profile.device.startswith("cuda"):
             realtime["cpu_cores"] = float(len(os.sched_getaffinity(0)))
     return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay, **realtime)
+
+
+def executors_for_config(config: Config, profile: Profile) -> list[str]:
+    """The executors the planner compares: ``[pipeline] executor = "auto"`` weighs thread lanes
+    against process lanes (CPU only) by predicted R with each one's measured overhead."""
+    if config.pipeline.executor != "auto":
+        return [config.pipeline.executor]
+    return ["realtime"] if profile.device.startswith("cuda") else ["realtime", "process"]
 
 
 def profile_for_config(config: Config, profiler: Profiler | None = None) -> Profile:
@@ -92,19 +107,26 @@ def plan_for_config(
         import torch
 
         num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    searcher = PlanSearch(
-        profile,
-        rate_params_for_config(config, profile, arrival_interval_s),
-        memory_params_for_config(config),
-        max_workers=config.planner.max_workers,
-        max_stages=min(config.planner.max_stages, profile.num_blocks),
-        num_gpus=num_gpus,
-    )
-    plan = searcher.best(headroom.budget_bytes)
+    best: tuple[Plan, PlanSearch, str] | None = None
+    for executor in executors_for_config(config, profile):
+        searcher = PlanSearch(
+            profile,
+            rate_params_for_config(config, profile, arrival_interval_s, executor),
+            memory_params_for_config(config),
+            max_workers=config.planner.max_workers,
+            max_stages=min(config.planner.max_stages, profile.num_blocks),
+            num_gpus=num_gpus,
+        )
+        candidate = searcher.best(headroom.budget_bytes)
+        if best is None or (candidate.predicted_rate or 0.0) > (best[0].predicted_rate or 0.0):
+            best = (candidate, searcher, executor)
+    assert best is not None
+    plan, searcher, executor = best
     extra = {
         **plan.extra,
         "headroom": headroom.to_dict(),
         "profile_key": profile.key,
         "arrival_interval_s": searcher.rate_params.arrival_interval_s,
+        "executor": executor,
     }
     return replace(plan, extra=extra, notes=f"planner: {headroom.describe()}")

@@ -52,6 +52,9 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
    ``C`` cores, so a worker's service interval is at least
    ``N * (compute_n / C + 3 P o)``, where ``compute_n`` is its compute per microbatch. This is
    what makes four stages of a tiny MLP slower than one lane on a 2-core box, as measured.
+   Process lanes (``overhead_holds_gil=False``, issue 12): F and B compute in worker processes,
+   so the overhead ``o`` (a pipe round trip, measured per executor) is latency added to each
+   action, not time taken from the shared cores: the shared bound is ``N * compute_n / C``.
 
 This is a ranking model for the planner, not a simulator: the bench checks that its order of
 configurations agrees with online accuracy measured in the engine's virtual clock (Spearman).
@@ -76,6 +79,7 @@ class RateParams:
     window_average: bool = True
     action_overhead_s: float = 0.0
     cpu_cores: float = math.inf
+    overhead_holds_gil: bool = True
 
     def __post_init__(self) -> None:
         if not self.arrival_interval_s > 0:
@@ -128,7 +132,8 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         service[n] = max(fwd[j] + bwd_eff[n][j] for j in range(p))
         if math.isfinite(params.cpu_cores) or overhead:
             compute = sum(fwd_compute) + sum(bwd_compute) + (sum(fwd_compute) if r else 0.0)
-            shared = n_active * (compute / params.cpu_cores + 3 * p * overhead)
+            serial = 3 * p * overhead if params.overhead_holds_gil else 0.0
+            shared = n_active * (compute / params.cpu_cores + serial)
             service[n] = max(service[n], shared)
     # updates per second at each stage, from all workers
     upd_rate = [
