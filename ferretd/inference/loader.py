@@ -148,7 +148,10 @@ class SnapshotLoader:
             sub.last_seq = self._serving_seq()
 
     def _fetch(self, manifest: SnapshotManifest, sub: SnapshotSubscriber) -> bytes | None:
-        fetched = sub.fetch(manifest.seq)
+        try:
+            fetched = sub.fetch(manifest.seq)
+        except (KeyError, TypeError, ValueError):  # a reply that is not shaped like one
+            fetched = None
         data = fetched[1] if isinstance(fetched, tuple) and len(fetched) == 2 else None
         if not isinstance(data, bytes):
             self._refuse("transport_unavailable", "no snapshot bytes from the daemon", manifest.seq)
