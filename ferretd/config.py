@@ -373,9 +373,13 @@ class InferenceConfig:
     intra_op_threads: int = 1
     max_request_bytes: int = 64 << 10
     rcvhwm: int = 64
+    metrics_listen: str = ""  # ferret-infer's OpenMetrics endpoint, e.g. "127.0.0.1:9109"; empty = off
 
     def check(self) -> None:
         _endpoint("inference", "endpoint", self.endpoint)
+        _, sep, port = self.metrics_listen.rpartition(":")
+        if self.metrics_listen and not (sep and port.isdigit() and 0 < int(port) < 65536):
+            raise ConfigError(f"[inference] metrics_listen: expected HOST:PORT, got {self.metrics_listen!r}")
         _at_least("inference", "intra_op_threads", self.intra_op_threads, 1)
         _at_least("inference", "max_request_bytes", self.max_request_bytes, 64)
         _at_least("inference", "rcvhwm", self.rcvhwm, 1)

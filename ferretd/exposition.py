@@ -143,3 +143,66 @@ class MetricsEndpoint:
     def close(self) -> None:
         self._server.shutdown()
         self._server.server_close()
+
+
+class InferenceCollector:
+    """ferret-infer's state at scrape time: requests, failures by reason, swaps, refused
+    snapshots by reason, the served snapshot's sequence, age and manifest accuracy."""
+
+    def __init__(self, server: Any, prefix: str = "ferret_infer") -> None:
+        self._server = server
+        self._p = prefix
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        info, p = self._server.info(), self._p
+        yield CounterMetricFamily(f"{p}_requests", "requests answered", value=info["requests"])
+        failed = CounterMetricFamily(f"{p}_requests_failed", "requests refused, by reason", labels=["reason"])
+        for reason, n in sorted((info.get("bad_requests") or {}).items()):
+            failed.add_metric([reason], n)
+        yield failed
+        yield CounterMetricFamily(f"{p}_model_swaps", "models swapped in", value=info.get("swaps", 0))
+        refused = CounterMetricFamily(f"{p}_snapshots_refused", "snapshots refused, by reason", labels=["reason"])
+        for reason, n in sorted((info.get("rejected_by") or {}).items()):
+            refused.add_metric([reason], n)
+        yield refused
+        model = self._server.slot.current
+        if model is not None:
+            manifest = model.manifest
+            yield GaugeMetricFamily(f"{p}_model_seq", "sequence of the served snapshot", value=model.seq)
+            yield GaugeMetricFamily(f"{p}_model_age_seconds", "age of the served snapshot",
+                                    value=max(0.0, time.time() - manifest.created_at))  # fmt: skip
+            if manifest.online_accuracy is not None:
+                yield GaugeMetricFamily(f"{p}_model_online_accuracy", "online accuracy in the served manifest",
+                                        value=manifest.online_accuracy)  # fmt: skip
+
+
+class InferenceMetrics:
+    """ferret-infer's endpoint (``[inference] metrics_listen``) with a predict-latency histogram."""
+
+    BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+
+    def __init__(self, listen: str, server: Any) -> None:
+        from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+        host, port = parse_listen(listen)
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(InferenceCollector(server))
+        self.latency = Histogram(
+            "ferret_infer_predict_latency_seconds", "time to answer one predict request (decode, run, encode)",
+            buckets=self.BUCKETS, registry=self.registry,
+        )  # fmt: skip
+        self._server, self._thread = start_http_server(port, addr=host, registry=self.registry)
+        self.port = self._server.server_port
+        log.info("metrics_listening", address=f"{host}:{self.port}", path="/metrics")
+
+    def observe(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

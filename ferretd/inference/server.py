@@ -27,6 +27,7 @@ import argparse
 import signal
 import sys
 import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -57,6 +58,7 @@ class InferenceServer:
         self.failed = 0
         self.bad_requests: Counter[str] = Counter()
         self.bad_input = RateLimitedLog(log)
+        self.metrics: Any = None  # ferretd.exposition.InferenceMetrics when [inference] metrics_listen is set
         self._loader = threading.Thread(target=self._load_loop, name="loader", daemon=True)
         try:
             server_keys = server_keys_from(config.security)
@@ -88,6 +90,10 @@ class InferenceServer:
     # ------------------------------------------------------------------ serving
 
     def serve_forever(self) -> None:
+        if self.config.inference.metrics_listen:  # prometheus_client is imported only then
+            from ferretd.exposition import InferenceMetrics
+
+            self.metrics = InferenceMetrics(self.config.inference.metrics_listen, self)
         self._loader.start()
         poller = zmq.Poller()
         poller.register(self._router, zmq.POLLIN)
@@ -106,6 +112,8 @@ class InferenceServer:
                 self.bad_input.warning("reply_failed", "inference_reply_failed", error=str(exc))
         self._loader.join(5)
         self._router.close(linger=0)
+        if self.metrics is not None:
+            self.metrics.close()
         if self._auth is not None:
             self._auth.stop()
 
@@ -129,7 +137,11 @@ class InferenceServer:
                 return self.info()
             if op != "predict":
                 raise ValueError(f"unknown op {str(op)[:40]!r}")
-            return self._predict(request)
+            started = time.perf_counter()
+            reply = self._predict(request)
+            if self.metrics is not None:
+                self.metrics.observe(time.perf_counter() - started)
+            return reply
         except Rejected as exc:
             return self._refuse(exc.reason.value, str(exc))
         except ValueError as exc:

@@ -84,3 +84,34 @@ def config_from_listen(listen: str):
     from ferretd.config import load_config
 
     return load_config(None, env={}, overrides={"metrics": {"listen": listen}})
+
+
+def test_ferret_infer_metrics_with_a_latency_histogram(ipc_dir, tmp_path):
+    from tests.integration.harness import start_process, stop_process
+    from transports.client import InferenceClient
+
+    port = free_port()
+    path = write_config(ipc_dir, inference={"metrics_listen": f"127.0.0.1:{port}"})
+    config = config_from(path)
+    x, _ = digits(5)
+    with ThreadedDaemon(config) as td:
+        manifest = td.daemon.call_in_loop(td.daemon.snapshot_now).result(60)
+        infer = start_process("ferretd.inference.server", path, tmp_path / "infer.log")
+        try:
+            with InferenceClient(config.inference.endpoint, timeout_ms=5000) as client:
+                wait_for(lambda: client.info().get("model_seq") == manifest["seq"], timeout=60, what="model served")
+                for features in x:
+                    assert client.predict(features).model_seq == manifest["seq"]
+                with pytest.raises(Exception, match="input shape"):
+                    client.predict(x[0][:10])
+            m = scrape(port)
+            assert m[("ferret_infer_predict_latency_seconds_count", ())] == 5, "one observation per prediction"
+            assert m[("ferret_infer_predict_latency_seconds_bucket", (("le", "+Inf"),))] == 5
+            assert m[("ferret_infer_requests_failed_total", (("reason", "bad_request"),))] == 1
+            assert m[("ferret_infer_requests_total", ())] >= 7  # info polls + 5 predictions + the bad one
+            assert m[("ferret_infer_model_seq", ())] == manifest["seq"]
+            assert m[("ferret_infer_model_age_seconds", ())] >= 0
+            om = scrape(port, openmetrics=True)
+            assert om[("ferret_infer_predict_latency_seconds_count", ())] == 5
+        finally:
+            assert stop_process(infer) == 0
