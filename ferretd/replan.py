@@ -12,7 +12,9 @@ count it as used, and switching plans releases it. Caps are absolute limits on t
 The load matters too: unless ``[planner] arrival_interval_s`` fixes it, plans are made for the
 arrival interval measured at ingest. Before that is measured (the first ~100 arrivals), the
 daemon runs the plan the ``[pipeline]`` keys describe (by default one lane: the sequential
-learner), not a plan for a load nobody has seen; the first measurement triggers a re-plan.
+learner), not a plan for a load nobody has seen; the first measurement triggers a re-plan. The
+planner is still asked once at start (its answer unused) so that the model profile and the
+engine overhead are measured and cached before traffic, not on the loop thread mid-stream.
 
 A new plan is searched when the running one no longer fits, when the budget moved by more than
 ``[planner] hysteresis`` (a fraction) from the one the plan was made for, when the measured
@@ -128,9 +130,13 @@ class Replanner:
         (marked ``unmeasured``) while the daemon has not measured the arrival rate yet."""
         self.headroom = self.budget(None)
         arrival = self.measured_arrival_interval()
+        planned = self._plan_fn(self.config, self.headroom, arrival)
         if arrival is None and self.config.planner.arrival_interval_s <= 0:
+            # The planner's answer for an unknown load is not used, but asking now (before any
+            # traffic) profiles the model and the engine overhead into their caches, so the re-plan
+            # at the first measurement does not stall the loop for seconds.
             return self.unmeasured_plan()
-        return self._plan_fn(self.config, self.headroom, arrival)
+        return planned
 
     def unmeasured_plan(self) -> Plan:
         from ferretd.learners import plan_from_config

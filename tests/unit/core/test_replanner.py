@@ -127,3 +127,16 @@ def test_auto_is_the_default_and_a_plan_the_engine_runs_the_same_way_is_not_coun
     running = r.unmeasured_plan()
     r._plan_fn = one_lane
     assert r.check(running, force=True) is None and r.replans == 0
+
+
+def test_start_asks_the_planner_once_to_warm_its_caches_but_runs_the_keys_plan():
+    calls: list[float | None] = []
+
+    def spy(config, headroom, arrival_interval_s=None):
+        calls.append(arrival_interval_s)
+        return fake_planner(config, headroom, arrival_interval_s)
+
+    config = load_config(None, env={})
+    r = Replanner(config, headroom_fn=Machine(40 * MiB), plan_fn=spy, arrival_fn=lambda: None)
+    plan = r.initial_plan()
+    assert calls == [None] and plan.extra["unmeasured"] and len(plan.active_workers) == 1
