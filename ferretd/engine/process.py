@@ -18,8 +18,12 @@ Decisions (issue 12, measured on the 2-core dev box):
   in 28 us; ``torch.multiprocessing`` queues, which copy tensors into fresh shared memory, took
   1,039 us), relayed by the parent between neighbouring stages.
 * The autograd graph of an in-flight microbatch stays in the worker that ran its F (the lane's
-  B goes to the same process). When the parent releases a context (B done, stale omitted lane),
-  a drop message rides on the lane's next command.
+  B goes to the same process). At the **last stage** the worker runs the backward right after the
+  forward and returns both in one round trip: that B needs nothing but the F's own graph and
+  pinned version, so computing it early gives the same bits; the parent hands the cached result
+  to the B when the schedule reaches it (and discards it if an omitted lane skips it). When the
+  parent releases a context (B done, stale omitted lane), a drop message rides on the lane's next
+  command.
 * Workers start from a ``forkserver`` that preloads torch (a clean single-threaded parent; a
   ``spawn`` child spends seconds importing torch, a plain ``fork`` would copy the daemon's threads'
   locks). Each worker runs one torch intra-op thread unless told otherwise.
@@ -99,6 +103,10 @@ def _worker_main(conn: Any, index: int, module_bytes: bytes, last: bool, threads
                 target = torch.from_numpy(y) if y is not None else None
                 loss_fn = (lambda logits, target=target: loss(logits, target)) if last else None
                 out = runner.forward(ctx, slots[slot], torch.from_numpy(x), loss_fn)
+                if last:  # eager backward: one round trip for F and B (module docstring)
+                    grads, grad_in = runner.backward(ctx, slots[slot], None, loss_fn)
+                    conn.send(("ok", out.numpy(), [g.numpy() for g in grads], _arr(grad_in)))
+                    continue
                 ctxs[m] = ctx
                 conn.send(("ok", out.numpy()))
             elif op == "B":
@@ -126,6 +134,15 @@ class _Handle:
 
     def __del__(self) -> None:
         self.owner._drop(self.lane, self.m)
+
+
+class _Eager:
+    """A last stage's backward result, computed together with its forward."""
+
+    __slots__ = ("grad_in", "grads")
+
+    def __init__(self, grads: list[np.ndarray], grad_in: np.ndarray | None) -> None:
+        self.grads, self.grad_in = grads, grad_in
 
 
 class _SlotPool:
@@ -171,13 +188,21 @@ class _RemoteRunner:
         except WorkerLost as lost:
             lost.ctx = ctx
             raise
-        ctx.out = _Handle(self._owner, lane, action.microbatch)  # type: ignore[assignment]
-        ctx.inp = x if ctx.recompute else None
+        if self._runner.last:
+            ctx.out = _Eager(reply[2], reply[3])  # type: ignore[assignment]
+        else:
+            ctx.out = _Handle(self._owner, lane, action.microbatch)  # type: ignore[assignment]
+        ctx.inp = None
         return torch.from_numpy(reply[1])
 
     def backward(
         self, ctx: StageContext, tensors: tuple[Tensor, ...], grad_out: Tensor | None, loss_fn: Any
     ) -> tuple[list[Tensor], Tensor | None]:
+        if isinstance(ctx.out, _Eager):  # computed with its forward, on the same pinned version
+            eager = ctx.out
+            ctx.release()
+            grad_in = torch.from_numpy(eager.grad_in) if eager.grad_in is not None else None
+            return [torch.from_numpy(g) for g in eager.grads], grad_in
         lane, action = self._owner._current()
         slot = self._pool.slot_for(ctx.version_number, tensors)
         y = self._owner.core.micro[action.microbatch].y.numpy() if self._runner.last else None

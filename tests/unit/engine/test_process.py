@@ -7,6 +7,7 @@ import signal
 from collections import Counter
 
 import numpy as np
+import pytest
 import torch
 
 from ferretd.config import TrainingConfig
@@ -44,9 +45,16 @@ def test_p1n1_process_equals_threads_and_plain_sgd(make_mlp, stream) -> None:
         learner.close()
 
 
-def test_p2n1_process_uses_stashed_versions_and_equals_its_replay(make_mlp, stream) -> None:
+@pytest.mark.parametrize(
+    "plan",
+    [
+        Plan.uniform(3, (1,)),
+        Plan.uniform(3, (1, 2), 2, recompute=True, accumulation=2, omit_stages=(2,)),
+    ],
+    ids=["P2N1", "P3N2-recompute-a2-omit"],
+)
+def test_process_uses_stashed_versions_and_equals_its_replay(make_mlp, stream, plan: Plan) -> None:
     x, y = stream(24)
-    plan = Plan.uniform(3, (1,))
     proc = _run(make_mlp, plan, "process", x, y)
     proc.close()
     assert proc.core.stats()[0]["max_staleness"] >= 1, "stage 0 trained on a stashed (older) version"
