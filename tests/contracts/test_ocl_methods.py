@@ -44,7 +44,7 @@ def make_stream(n: int, seed: int = 0) -> list[tuple[np.ndarray, int]]:
     return [((centers[i % 3] + rng.normal(0, 1, 4)).astype(np.float32), i % 3) for i in range(n)]
 
 
-def build(name: str, plan: Plan, executor: str = "virtual") -> PipelineLearner:
+def build(name: str, plan: Plan, executor: str = "virtual", optimizer: str = "sgd") -> PipelineLearner:
     torch.manual_seed(0)
     hidden = (16,) if plan.num_blocks == 2 else (16, 16)
     ocl = make_ocl(name, **HYPER, seed=0, lr=LR)
@@ -52,7 +52,7 @@ def build(name: str, plan: Plan, executor: str = "virtual") -> PipelineLearner:
     return PipelineLearner(
         mlp((4,), 3, hidden),
         plan,
-        TrainingConfig(lr=LR),
+        TrainingConfig(lr=LR if optimizer == "sgd" else 0.01, optimizer=optimizer),
         ocl=ocl,
         executor=executor,
         t_d=t_d,  # type: ignore[arg-type]
@@ -115,6 +115,17 @@ def test_learns_a_separable_stream_without_nan(name: str, plan: str) -> None:
     assert weights_finite(learner)
     if plan == "P3xN2":
         assert max(learner.status()["max_staleness"]) > 0  # the methods ran with stale gradients
+    learner.close()
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adagrad"])
+@pytest.mark.parametrize("name", METHODS)
+def test_learns_with_the_adaptive_optimisers(name: str, optimizer: str) -> None:
+    learner = build(name, PLANS["P2"](), optimizer=optimizer)
+    hits = run(learner, make_stream(450))
+    accuracy = sum(hits[-200:]) / 200
+    assert accuracy >= 0.85, f"{name} with {optimizer}: online accuracy {accuracy:.2f} (chance 0.33)"
+    assert weights_finite(learner)
     learner.close()
 
 
