@@ -138,9 +138,13 @@ class MetricsConfig:
     max_drop_share: float = 0.5
     drop_window_s: float = 60.0
     listen: str = ""  # OpenMetrics endpoint, e.g. "127.0.0.1:9108"; empty = off
+    history_every_s: float = 10.0  # one point of `ferretctl history` every this many seconds
+    history_points: int = 720  # points kept (720 x 10 s = 2 h)
 
     def check(self) -> None:
         _at_least("metrics", "window", self.window, 1)
+        _positive("metrics", "history_every_s", self.history_every_s)
+        _at_least("metrics", "history_points", self.history_points, 2)
         _, sep, port = self.listen.rpartition(":")
         if self.listen and not (sep and port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"[metrics] listen: expected HOST:PORT like 127.0.0.1:9108, got {self.listen!r}")

@@ -33,6 +33,7 @@ from ferretd.config import Config, ConfigError
 from ferretd.drift import DriftMonitor
 from ferretd.engine.learner import LearnOutcome, OnlineLearner, PrequentialScore
 from ferretd.engine.plan import Plan
+from ferretd.history import History
 from ferretd.ingest import SampleQueue
 from ferretd.instance import InstanceLock, check_runtime_dir
 from ferretd.learners import learner_kind, make_learner, plan_from_config
@@ -99,6 +100,7 @@ class Daemon:
         self.plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
         self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)
+        self.history = History(config.metrics.history_every_s, config.metrics.history_points)
         self.score_lock = threading.Lock()
         self.drift = DriftMonitor.from_config(config, learner=lambda: self.learner)
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
@@ -295,6 +297,7 @@ class Daemon:
                     self._score_dropped()
                 self._maybe_snapshot()
                 self._maybe_checkpoint()
+                self.history.maybe_record(self)
                 if self.replanner.due():
                     self.replan(reason="headroom")
                 if self._training_progressing() and self.notifier.maybe_ping():

@@ -34,6 +34,18 @@ def cmd_status(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
 
 
 @command
+def cmd_history(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
+    """history: the bounded history of counters and online accuracy ([metrics] history_every_s).
+
+    wire: {"cmd": "history", "args": {"last": N}}    cli: ferretctl history [--last N] [--png FILE]
+    """
+    last = args.get("last")
+    if last is not None and (type(last) is not int or last < 0):
+        raise ValueError(f"history 'last' must be a non-negative integer, got {last!r}")
+    return daemon.history.to_dict(last)
+
+
+@command
 def cmd_snapshot(daemon: Daemon, args: dict[str, Any]) -> dict[str, Any]:
     """snapshot: export and announce a snapshot now; returns its manifest.
 

@@ -23,7 +23,7 @@ from typing import Any, NoReturn
 from ferretd import __version__
 from ferretd.config import ConfigError, load_config
 from ferretd.control import discovery
-from ferretd.control.render import render
+from ferretd.control.render import render, render_history
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 HEALTH_DOWN = 2
@@ -59,6 +59,16 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def parse_count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {text!r}")
+    return value
+
+
 def parse_seconds(text: str) -> float:
     try:
         value = float(text)
@@ -83,6 +93,7 @@ COMMANDS = {
     "status": "state, counters, online accuracy, model, memory",
     "stats": "status, redrawn every SECONDS with --watch (Ctrl-C ends it)",
     "plan": "the live plan and the memory budget it runs within",
+    "history": "counters and online accuracy over time; --png FILE writes the learning curve",
     "replan": "read the headroom and re-plan now",
     "budget": "cap the plan's memory (0 removes the cap) and re-plan",
     "snapshot": "export and announce a snapshot now",
@@ -111,6 +122,9 @@ def build_parser() -> Parser:
         _common(cmd, suppress=True)
         if name == "stats":
             cmd.add_argument("--watch", type=parse_seconds, nargs="?", const=2.0, default=None, metavar="SECONDS")
+        elif name == "history":
+            cmd.add_argument("--last", type=parse_count, default=30, metavar="N", help="table rows (default 30)")
+            cmd.add_argument("--png", metavar="FILE", help="write the learning curve as a PNG (needs matplotlib)")
         elif name == "budget":
             cmd.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
         elif name == "help":
@@ -210,8 +224,12 @@ def converse(args: argparse.Namespace, endpoint: str, timeout: float) -> int:
                 return EXIT_ERROR
             if cmd == "version":
                 reply.result["ferretctl"] = __version__
+            if cmd == "history" and args.png:
+                return write_png(reply.result, args.png)
             if args.json:
                 text = json.dumps(reply.result, indent=2, sort_keys=True, default=str)
+            elif cmd == "history":
+                text = render_history(reply.result, last=args.last)
             else:
                 text = render(cmd, reply.result)
             if redraw:
@@ -226,6 +244,18 @@ def converse(args: argparse.Namespace, endpoint: str, timeout: float) -> int:
             time.sleep(watch)
             if not redraw:
                 sys.stdout.write("\n")
+
+
+def write_png(result: dict[str, Any], path: str) -> int:
+    from ferretd.control.plot import PlotError, write_learning_curve
+
+    try:
+        n = write_learning_curve(result, path)
+    except PlotError as exc:
+        sys.stderr.write(f"ferretctl: {exc}\n")
+        return EXIT_USAGE
+    sys.stdout.write(f"learning curve of {n} points written to {path}\n")
+    return EXIT_OK
 
 
 def run() -> int:

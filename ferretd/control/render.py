@@ -210,6 +210,37 @@ def render_reload(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def history_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Points as mappings, with ``trained_per_s`` and ``dropped_per_s`` from consecutive points."""
+    rows = [dict(zip(result["fields"], p, strict=False)) for p in result["points"]]
+    for prev, row in zip([None, *rows[:-1]], rows, strict=True):
+        dt = row["t"] - prev["t"] if prev else 0.0
+        row["trained_per_s"] = (row["trained"] - prev["trained"]) / dt if prev and dt > 0 else None
+        row["dropped_per_s"] = (row["dropped"] - prev["dropped"]) / dt if prev and dt > 0 else None
+    return rows
+
+
+def render_history(result: dict[str, Any], last: int = 30, now: float | None = None) -> str:
+    rows = history_rows(result)
+    if not rows:
+        return f"no history yet (one point every {duration(result['every_s'])})"
+    now = time.time() if now is None else now
+    head = ("time (UTC)", "ago", "received", "trained/s", "dropped", "invalid", "online acc", "window acc")
+    lines = [head]
+    for r in rows[-last:]:
+        lines.append((
+            datetime.fromtimestamp(r["t"], UTC).strftime("%H:%M:%S"), duration(now - r["t"]), fmt(r["received"]),
+            "-" if r["trained_per_s"] is None else f"{r['trained_per_s']:,.1f}", fmt(r["dropped"]),
+            fmt(r["invalid"]), fmt(r["online_accuracy"]), fmt(r["window_accuracy"]),
+        ))  # fmt: skip
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+    text = ["  ".join(str(c).rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
+    shown = min(last, len(rows))
+    text.append(f"{shown} of {len(rows)} point(s), one every {duration(result['every_s'])}, "
+                f"{result['capacity']} kept")  # fmt: skip
+    return "\n".join(text)
+
+
 def render_checkpoint(result: dict[str, Any]) -> str:
     return f"checkpoint written: {result.get('path')}"
 
