@@ -13,7 +13,8 @@ load each newer one. Nothing that arrives can stop this thread:
   ``checksum`` for a file on disk, ``unloadable`` or ``warmup``);
 * after any refusal the subscriber's "newest seen" goes back to the serving model, so a rogue
   announcement with seq 2**62 cannot make later real snapshots look old; the same refused
-  snapshot (seq, sha256) is not tried again;
+  snapshot (seq, sha256) is not tried again; when nothing is served yet and the newest snapshot
+  will not load, the few before it are fetched and tried, newest first;
 * an unexpected exception is logged (rate-limited), counted as ``loader_error``, and the loop
   starts over after a pause.
 
@@ -48,6 +49,7 @@ routine_log = RoutineLog(log)  # routine swaps: one info line per 5 min, the res
 CATCH_UP_S = 5.0
 RESTART_PAUSE_S = 1.0
 REMEMBER_REFUSED = 256
+FETCH_OLDER = 8  # how many older snapshots to fetch when nothing is served and the newest will not load
 
 TRANSPORT_REASONS = frozenset({"transport_unavailable", "transport_corrupt"})
 
@@ -140,6 +142,8 @@ class SnapshotLoader:
                     error=str(exc),
                     serving=self._serving_seq(),
                 )
+                if self.slot.current is None:
+                    return self._fetch_older(manifest.seq, sub)
                 return False
             if swapped:
                 routine_log.info("model_swapped", seq=manifest.seq, online_accuracy=manifest.online_accuracy)
@@ -163,6 +167,25 @@ class SnapshotLoader:
             self._refuse("transport_corrupt", "fetched bytes differ in sha256 from the announcement", manifest.seq)
             return None
         return data
+
+    def _fetch_older(self, seq: int, sub: SnapshotSubscriber) -> bool:
+        """Nothing served and the newest will not load: try the few before it (the daemon keeps
+        ``[snapshot] keep`` of them), newest first. True when one was swapped in."""
+        for older in range(seq - 1, max(0, seq - 1 - FETCH_OLDER), -1):
+            try:
+                fetched = sub.fetch(older)
+                manifest = SnapshotManifest.from_dict(fetched[0]) if fetched else None
+            except (KeyError, TypeError, ValueError):
+                continue
+            if manifest is None or manifest.seq != older or not isinstance(fetched[1], bytes):
+                continue
+            try:
+                if self.slot.offer(manifest, fetched[1]):
+                    log.info("model_loaded_older", seq=older, newest_refused=seq)
+                    return True
+            except SnapshotRejected:
+                continue
+        return False
 
     def _read_local(self, manifest: SnapshotManifest) -> bytes | None:
         """The file from our own snapshot directory, only under the name the daemon gives it."""

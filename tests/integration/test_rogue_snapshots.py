@@ -168,3 +168,29 @@ def test_disk_fallback_serves_the_newest_snapshot_that_loads(ipc_dir, monkeypatc
         thread.join(10)
         client.close()
         context.term()
+
+
+def test_a_fresh_ferret_infer_fetches_an_older_snapshot_when_the_newest_will_not_load(ipc_dir):
+    """No files on this box: the daemon's newest snapshot has a valid sha256 but is not a model,
+    so the one before it is fetched and served."""
+    config = config_from(write_config(ipc_dir))
+    pathlib.Path(config.runtime_dir).mkdir(parents=True, exist_ok=True)
+    context = zmq.Context()
+    daemon = Publisher(context, config)
+    good = export_onnx(mlp((64,), 10, (16,)).eval(), (64,))
+    bad = b"valid sha256, not a model"
+    daemon.published = {1: (manifest_for(1, good), good), 2: (manifest_for(2, bad), bad)}
+    daemon.latest.append(manifest_for(2, bad))  # not announced: only "latest" and "fetch" answer
+    server = InferenceServer(config, context)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = InferenceClient(config.inference.endpoint, timeout_ms=5000, context=context)
+    try:
+        wait_for(lambda: client.info()["model_seq"] == 1, timeout=30, what="the older snapshot fetched")
+        assert client.info()["rejected_by"] == {"unloadable": 1}
+    finally:
+        server.stop_event.set()
+        thread.join(10)
+        client.close()
+        daemon.stop()
+        context.term()
