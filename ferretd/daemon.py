@@ -150,8 +150,9 @@ class Daemon:
         self.drift = DriftMonitor.from_config(self.config, learner=lambda: self.learner)
         cfg = self.config.ingest
         self.queue = SampleQueue(cfg.queue_capacity, cfg.overflow, cfg.max_devices)
+        old = self.replanner
         self.replanner = Replanner(self.config, arrival_fn=self.queue.arrival_interval_s)
-        self.replanner.override_bytes = None
+        self.replanner.headroom = old.headroom  # what the running plan was made for
 
     def observe_drops(self) -> None:
         """Feed the health check's recent-drop window (about once a second, loop thread)."""

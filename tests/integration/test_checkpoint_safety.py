@@ -130,3 +130,27 @@ def test_check_config_refuses_a_factory_that_cannot_build_the_model(ipc_dir):
     assert checked.returncode == 2, checked.stdout + checked.stderr
     assert checked.stderr.count("\n") == 1
     assert "broken_factory" in checked.stderr
+
+
+def test_a_checkpoint_that_fits_but_cannot_be_resumed_is_set_aside_cleanly(ipc_dir):
+    """Weights fit, the rest is garbage: the half-done resume is undone and the older one used."""
+    from ferretd.checkpoint import CheckpointStore
+
+    config = config_from(write_config(ipc_dir))
+    with ThreadedDaemon(config) as td:
+        train(config, 40)
+        wait_for(lambda: td.settled(40), what="first run trained")
+    store = CheckpointStore(config.state_dir / "checkpoints")
+    state = store.load(1)
+    state["ledger"]["received"] = 10**6  # restored first, then the invalid counts fail half-way
+    state["ledger"]["invalid"] = {"malformed": "lots"}
+    store.save(state)
+
+    with ThreadedDaemon(config) as td2:
+        assert td2.daemon.resumed_from == 1
+        ledger = td2.daemon.queue.snapshot()
+        assert (ledger.received, ledger.trained) == (40, 40) and ledger.balanced
+        assert (config.state_dir / "checkpoints" / "ckpt-00000002.pt.incompatible").exists()
+        assert any("cannot be resumed" in r for r in health_reasons(td2))
+        train(config, 10, device="dev-2")
+        wait_for(lambda: td2.settled(50), what="trains on")
