@@ -10,7 +10,8 @@ on a ROUTER socket::
 
     request  [b"", msgpack({"op": "predict", "x": {"dtype", "shape", "data"}})]
     reply    {"ok": true, "label": int, "probabilities": [...], "model_seq": int}
-    request  {"op": "info"}  ->  {"ok": true, "model_seq": ..., "swaps": ..., "rejected": ...}
+    request  {"op": "info"}  ->  {"ok": true, "model_seq": ..., "swaps": ..., "rejected": ...,
+                                  "rejected_by": {reason: count}}
 
 The serving loop survives any request: the array goes through the same strict decoder as
 ingest (``transports.codec.decode_array``), and every failure, expected or not, is answered with
