@@ -56,6 +56,10 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
   at a time: with ``concurrent_lanes`` (real-time lanes, threads or processes) every lane may be
   mid-action at once, so the bound sums the lanes' largest transients; the virtual clock runs one
   action at a time (the largest one).
+* Worker processes (issue 12, process executor): each lane's process holds its own torch runtime,
+  graphs and buffers; its private memory (USS, the pages the cgroup charges it beyond those shared
+  copy-on-write with the forkserver) measured 83-85 MiB on the dev box with the conv net, so each
+  lane is charged ``worker_process_bytes`` (:data:`PROCESS_WORKER_BYTES`, 96 MiB) on top.
 * Bookkeeping (issue 12): the action log, bounded at ``log_entries`` entries of at most
   :data:`LOG_ENTRY_BYTES` each (Python objects; measured with tracemalloc in the tests).
 """
@@ -76,6 +80,7 @@ if TYPE_CHECKING:
 
 SIM_SPACINGS = (0.0, 0.1, 0.35, 0.7, 2.0, 6.0)
 UPDATE_TENSOR_TEMPS = 4  # float32-sized copies of one parameter tensor alive at once in the guard
+PROCESS_WORKER_BYTES = 96 * 2**20  # private memory of one process-executor worker (measured 83-85 MiB)
 LOG_ENTRY_BYTES = 320  # one LogEntry with its Action and tuple (measured below this in the tests)
 
 
@@ -90,6 +95,7 @@ class MemoryParams:
     compensation_temp_factor: float = 0.0
     concurrent_lanes: bool = True
     log_entries: int = 0
+    worker_process_bytes: int = 0
 
     @classmethod
     def for_training(
@@ -101,6 +107,7 @@ class MemoryParams:
         optimizer: str = "sgd",
         log_entries: int = 0,
         concurrent_lanes: bool = True,
+        worker_process_bytes: int = 0,
     ) -> MemoryParams:
         comp = {"iter_fisher": 3.0 if fitted else 0.0, "gap_aware": 1.0}.get(compensation, 0.0)
         opt = {"adam": 2.0, "adagrad": 1.0}.get(optimizer, 1.0 if momentum > 0 else 0.0)
@@ -111,6 +118,7 @@ class MemoryParams:
             compensation_temp_factor=0.0 if compensation == "none" else 2.0,
             log_entries=log_entries,
             concurrent_lanes=concurrent_lanes,
+            worker_process_bytes=worker_process_bytes,
         )
 
 
@@ -129,7 +137,7 @@ class MemoryBreakdown:
     versions: tuple[int, ...]
     transit_bytes: int = 0
     transient_bytes: int = 0
-    log_bytes: int = 0
+    log_bytes: int = 0  # the action log, plus the worker processes' own memory (process executor)
 
 
 def closed_form_versions(ahead: int, lanes: Sequence[tuple[int, bool]]) -> int:
@@ -339,6 +347,7 @@ def predict_memory(
     transit = 2 * len(active) * sum(profile.blocks[end - 1].output_bytes for _, end in plan.stage_blocks()[:-1])
     transient = transient_bytes(profile, plan, params)
     log_bytes = params.log_entries * LOG_ENTRY_BYTES
+    log_bytes += params.worker_process_bytes * len(active) * plan.num_stages
     return MemoryBreakdown(
         total_bytes=sum(per_stage) + transit + transient + log_bytes,
         version_bytes=totals["version"],

@@ -25,16 +25,16 @@ import structlog
 from ferretd.config import Config
 from ferretd.engine.plan import Plan
 from ferretd.planner.headroom import Headroom, read_headroom
-from ferretd.planner.memory import MemoryParams
+from ferretd.planner.memory import PROCESS_WORKER_BYTES, MemoryParams
 from ferretd.planner.overhead import cached_action_overhead
 from ferretd.planner.profile import Profile, Profiler
 from ferretd.planner.rate import RateParams
-from ferretd.planner.search import PlanSearch
+from ferretd.planner.search import BudgetTooSmall, PlanSearch
 
 log = structlog.get_logger(__name__)
 
 
-def memory_params_for_config(config: Config) -> MemoryParams:
+def memory_params_for_config(config: Config, executor: str | None = None) -> MemoryParams:
     from ferretd.engine.pipeline import DEFAULT_LOG_LIMIT
 
     comp = config.compensation
@@ -46,6 +46,7 @@ def memory_params_for_config(config: Config) -> MemoryParams:
         optimizer=getattr(config.training, "optimizer", "sgd"),
         log_entries=DEFAULT_LOG_LIMIT,
         concurrent_lanes=config.pipeline.executor != "virtual",
+        worker_process_bytes=PROCESS_WORKER_BYTES if (executor or config.pipeline.executor) == "process" else 0,
     )
 
 
@@ -108,19 +109,26 @@ def plan_for_config(
 
         num_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     best: tuple[Plan, PlanSearch, str] | None = None
+    too_small: BudgetTooSmall | None = None
     for executor in executors_for_config(config, profile):
         searcher = PlanSearch(
             profile,
             rate_params_for_config(config, profile, arrival_interval_s, executor),
-            memory_params_for_config(config),
+            memory_params_for_config(config, executor),
             max_workers=config.planner.max_workers,
             max_stages=min(config.planner.max_stages, profile.num_blocks),
             num_gpus=num_gpus,
         )
-        candidate = searcher.best(headroom.budget_bytes)
+        try:
+            candidate = searcher.best(headroom.budget_bytes)
+        except BudgetTooSmall as exc:  # e.g. worker processes do not fit: another executor may
+            too_small = exc
+            continue
         if best is None or (candidate.predicted_rate or 0.0) > (best[0].predicted_rate or 0.0):
             best = (candidate, searcher, executor)
-    assert best is not None
+    if best is None:
+        assert too_small is not None
+        raise too_small
     plan, searcher, executor = best
     extra = {
         **plan.extra,

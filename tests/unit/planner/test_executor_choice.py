@@ -11,6 +11,7 @@ from ferretd.config import load_config
 from ferretd.engine.plan import Plan
 from ferretd.planner import plan_for_config
 from ferretd.planner.headroom import Headroom
+from ferretd.planner.memory import PROCESS_WORKER_BYTES
 from ferretd.planner.profile import Profiler
 from ferretd.planner.rate import RateParams, predict_rate
 
@@ -60,3 +61,8 @@ def test_auto_picks_the_executor_with_the_better_predicted_rate(tmp_path) -> Non
     _seed_overheads(tmp_path, realtime=1e-6, process=1.0)  # a pipe round trip of a second
     slow = plan_for_config(config, headroom=head, profiler=profiler, num_gpus=0)
     assert slow.extra["executor"] == "realtime"
+    # worker processes cost their own memory: a budget below one of them keeps the threads
+    _seed_overheads(tmp_path, realtime=2e-3, process=1e-6)
+    tight = Headroom(budget_bytes=32 << 20, raw_bytes=32 << 20, bound_by="cap", safety_factor=1.0, sources={})
+    assert PROCESS_WORKER_BYTES > 32 << 20
+    assert plan_for_config(config, headroom=tight, profiler=profiler, num_gpus=0).extra["executor"] == "realtime"
