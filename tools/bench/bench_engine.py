@@ -17,11 +17,19 @@ stage and the lane utilisation; compared with the sequential learner's time per 
 shows how much of a lane's time is Python (dispatch, ``functional_call``, autograd set-up, lane
 hand-offs, all under the GIL) rather than kernels that release the GIL.
 
+Lean action path (issue 12): CPU seconds (``time.process_time``, all threads) per sample of one
+lane (``PipelineLearner`` P=1 N=1, real-time executor) against a raw autograd step on the default
+daemon MLP (64-128-64-10, microbatch 1): ``F.cross_entropy(model(x), y)``, ``torch.autograd.grad``,
+``p.sub_(lr * g)``. The lane is measured with the divergence guard as configured by default and
+with it off (``guard_loss_factor = guard_step_ratio = 0``), since the raw step checks nothing.
+Best of 3 interleaved rounds (the machine is shared).
+
 Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only engine``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import sys
@@ -164,6 +172,50 @@ def measure(kind: str, spec: dict[str, Any], n: int, cut: int, seed: int = 0) ->
     return row
 
 
+def lane_vs_raw(n: int, rounds: int = 3) -> dict[str, float]:
+    """CPU seconds per sample: raw autograd step vs one real-time lane (default MLP, microbatch 1)."""
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(n, 64)).astype(np.float32)
+    ys = rng.integers(0, 10, size=n)
+
+    def raw() -> float:
+        torch.manual_seed(0)
+        model = mlp((64,), 10, (128, 64))
+        params = list(model.parameters())
+        t0 = time.process_time()
+        for x, y in zip(xs, ys, strict=True):
+            loss = nn.functional.cross_entropy(model(torch.as_tensor(x).unsqueeze(0)), torch.as_tensor([int(y)]))
+            grads = torch.autograd.grad(loss, params)
+            with torch.no_grad():
+                for p, g in zip(params, grads, strict=True):
+                    p.sub_(g, alpha=0.01)
+        return (time.process_time() - t0) / n
+
+    def lane(guard: bool) -> float:
+        torch.manual_seed(0)
+        kw = {} if guard else {"guard_loss_factor": 0.0, "guard_step_ratio": 0.0}
+        learner = PipelineLearner(mlp((64,), 10, (128, 64)), Plan.uniform(3), TrainingConfig(lr=0.01, **kw))
+        for i in range(50):
+            learner.learn_one(xs[i], int(ys[i]))
+        learner.flush(60)
+        t0 = time.process_time()
+        for x, y in zip(xs, ys, strict=True):
+            learner.learn_one(x, int(y))
+        learner.flush(120)
+        dt = (time.process_time() - t0) / n
+        learner.close()
+        return dt
+
+    best = {"raw_s": math.inf, "lane_s": math.inf, "lane_no_guard_s": math.inf}
+    for _ in range(rounds):
+        best["raw_s"] = min(best["raw_s"], raw())
+        best["lane_s"] = min(best["lane_s"], lane(True))
+        best["lane_no_guard_s"] = min(best["lane_no_guard_s"], lane(False))
+    best["ratio"] = best["lane_s"] / best["raw_s"]
+    best["ratio_no_guard"] = best["lane_no_guard_s"] / best["raw_s"]
+    return best
+
+
 def action_profile(spec: dict[str, Any], cut: int, n: int) -> dict[str, Any]:
     """Mean wall time per (stage, kind) action in a P=2 run, against the sequential step time."""
     tr = TrainingConfig(lr=0.01, microbatch=spec["microbatch"])
@@ -245,6 +297,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             )
         model_data["profile"] = action_profile(spec, cut, n // 2)
         data["models"][name] = model_data
+    data["lane_vs_raw"] = lean = lane_vs_raw(1000 if quick else 3000)
     data["load_after"] = os.getloadavg()[0]
     lines += ["", f"load average after: {data['load_after']:.2f}", "", "Where the time goes (P=2 run, median ms):"]
     for name, model_data in data["models"].items():
@@ -255,6 +308,13 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
             f"- {name}: cut after block {model_data['cut']}; {acts}; sequential step {step:.2f}; two threads "
             f"running its forward got {model_data['parallel_capacity']:.2f} cores"
         )
+    lines += [
+        "",
+        f"One lane vs a raw autograd step (default MLP 64-128-64-10, microbatch 1, CPU time per sample, best of 3): "
+        f"raw {lean['raw_s'] * 1e6:.0f} us, lane {lean['lane_s'] * 1e6:.0f} us (**{lean['ratio']:.2f}x**), lane "
+        f"without the divergence guard {lean['lane_no_guard_s'] * 1e6:.0f} us (**{lean['ratio_no_guard']:.2f}x**); "
+        "target <= 1.2x.",
+    ]
     lines += ["", "Reading:"]
     for name, model_data in data["models"].items():
         cfg = model_data["configs"]
