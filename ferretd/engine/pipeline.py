@@ -304,7 +304,7 @@ class PipelineLearner(OnlineLearner):
         stats = self.core.stats()
         return {
             "engine": "pipeline",
-            "executor": self.executor_kind,
+            "executor": getattr(self.executor, "kind", self.executor_kind),  # what runs (process may fall back)
             "stages": self.plan.num_stages,
             "workers": len(self.active),
             "in_flight_microbatches": self.core.in_flight(),

@@ -251,7 +251,8 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
                 for d in daemons:
                     res = summary(d.drained(len(ys), 600))
                     res["trained_per_s"] = res["trained"] / (time.monotonic() - t0)
-                    res["executor"] = ((d.status() or {}).get("plan") or {}).get("extra", {}).get("executor", "-")
+                    engine = (d.status() or {}).get("engine") or {}
+                    res["executor"] = engine.get("executor", "sequential")  # what ran, not only what was planned
                     run_row[d.name] = res
                 runs.append(run_row)
             finally:
