@@ -16,6 +16,11 @@ Both executors call the same ``core.execute(action)``; only the driver differs.
   count (``threads``): the setting is per thread, and a fresh thread otherwise starts an OpenMP
   team as wide as the machine (measured: two lanes then ran four busy threads on two cores).
   ``jitter`` (tests) is called before every action to shake the interleaving.
+  On CUDA each lane runs its actions on its own stream of its stage's device (issue 12), so lanes
+  of different stages and workers overlap on the GPU; a lane synchronises its stream before it
+  marks an action done, so whatever the action produced (activations, gradients, a published
+  version) is complete before another lane's stream reads it, and no tensor is freed back to the
+  caching allocator while another stream still uses it. (Untested here: no GPU on the dev box.)
 
 Both leave the executed order in ``core.log``; :func:`replay` re-executes a log on a fresh core
 single-threaded and reports any entry whose versions differ.
@@ -154,7 +159,10 @@ class RealtimeExecutor:
             # intra-op threads are a per-thread setting: a new thread would otherwise use every core
             torch.set_num_threads(self.threads)
         wake = self._wake[lane]
-        execute = self.core.execute
+        execute: Callable[[Action], LogEntry] = self.core.execute
+        device = self.core.stages[lane[1]].runner.device
+        if device.type == "cuda":  # pragma: no cover - no GPU in CI
+            execute = _on_own_stream(execute, torch.cuda.Stream(device))
         finished: Action | None = None
         dt = 0.0
         while True:
@@ -209,6 +217,18 @@ class RealtimeExecutor:
             self._notify_all()
         for t in self._threads:
             t.join(timeout=10)
+
+
+def _on_own_stream(execute: Callable[[Action], LogEntry], stream: torch.cuda.Stream) -> Callable[[Action], LogEntry]:
+    """``execute`` on ``stream``, synchronised before it returns (see the module docstring)."""
+
+    def run(action: Action) -> LogEntry:  # pragma: no cover - no GPU in CI
+        with torch.cuda.stream(stream):
+            entry = execute(action)
+        stream.synchronize()
+        return entry
+
+    return run
 
 
 def replay(
