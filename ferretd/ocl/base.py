@@ -69,6 +69,15 @@ class OclMethod(ABC):  # noqa: B024 - every hook has a no-op default
     def bind(self, view: ModelView) -> None:
         return None
 
+    @property
+    def uses_extra_loss(self) -> bool:
+        """Whether the method overrides ``extra_loss`` (else the engine need not call it)."""
+        return type(self).extra_loss is not OclMethod.extra_loss
+
+    @property
+    def uses_extra_grad(self) -> bool:
+        return type(self).extra_grad is not OclMethod.extra_grad
+
     def memory_bytes(self) -> int:
         return 0
 

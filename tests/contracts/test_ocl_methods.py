@@ -196,3 +196,33 @@ def test_another_methods_state_is_ignored_not_fatal(name: str) -> None:
             learner.ocl.load_state_dict(state)
             assert learner.ocl.stats() == fresh, f"{name} took {other}'s state"
     learner.close()
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_engine_gets_only_the_hooks_a_method_overrides(name: str) -> None:
+    """A hook the engine need not call keeps other executors open (the process executor refuses
+    OCL losses): vanilla, er and mir pass none, lwf only its loss, mas only its gradient."""
+    learner = build(name, PLANS["P2"]())
+    method = learner.ocl
+    assert method is not None
+    assert (learner.core.extra_loss is not None) == (type(method).extra_loss is not OclMethod.extra_loss)
+    assert (learner.core.extra_grad is not None) == (type(method).extra_grad is not OclMethod.extra_grad)
+    learner.close()
+
+
+def test_replay_methods_run_on_the_process_executor() -> None:
+    config = Config(
+        model=ModelConfig(input_shape=(4,), num_classes=3, hidden=(16,)),
+        pipeline=PipelineConfig(stages=2, executor="process"),
+        ocl=OclConfig(method="er", replay_bytes=4096),
+    )
+    learner = make_learner(config)
+    try:
+        assert type(learner.executor).__name__ == "ProcessExecutor"  # type: ignore[attr-defined]
+        outcomes: list[bool] = []
+        for x, y in make_stream(60, seed=5):
+            learner.learn_one(x, y, lambda o: outcomes.append(o.trained))
+        assert learner.flush(timeout=60)
+        assert len(outcomes) == 60 and all(outcomes)
+    finally:
+        learner.close()
