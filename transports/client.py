@@ -302,6 +302,37 @@ class InferenceClient:
             raise TimeoutError(f"no answer from {self._endpoint} within {self._timeout_ms} ms")
         return unpack(self._socket.recv_multipart()[-1])
 
+    def predict_batch(self, xs: np.ndarray) -> list[Prediction]:
+        """Many samples (``(n, *input_shape)``) in one request; one :class:`Prediction` each."""
+        reply = self._call({"op": "predict", "x": pack_array(np.asarray(xs, dtype=np.float32))})
+        seq = int(reply["model_seq"])
+        return [
+            Prediction(label=int(label), probabilities=np.asarray(p, dtype=np.float32), model_seq=seq)
+            for label, p in zip(reply["labels"], reply["probabilities"], strict=True)
+        ]
+
+    def status(self) -> dict[str, Any]:
+        """Served snapshot (seq, age, manifest accuracy), pinned, counts and predict latency."""
+        return self._call({"op": "status"})
+
+    def pin(self, seq: int) -> dict[str, Any]:
+        """Serve snapshot ``seq`` (an older one: a rollback) and no other until :meth:`unpin`."""
+        return self._call({"op": "pin", "seq": int(seq)})
+
+    def unpin(self) -> dict[str, Any]:
+        return self._call({"op": "unpin"})
+
+    def _call(self, request: dict[str, Any]) -> dict[str, Any]:
+        self._socket.send_multipart([b"", pack(request)])
+        if not self._socket.poll(self._timeout_ms, zmq.POLLIN):
+            self._socket.close(linger=0)
+            self._socket = self._connect()
+            raise TimeoutError(f"no answer from {self._endpoint} within {self._timeout_ms} ms")
+        reply = unpack(self._socket.recv_multipart()[-1])
+        if not isinstance(reply, dict) or not reply.get("ok"):
+            raise InferenceError(reply.get("error", "unknown error") if isinstance(reply, dict) else "bad reply")
+        return reply
+
     def close(self) -> None:
         self._socket.close(linger=0)
         if self._own_context:

@@ -114,7 +114,9 @@ def pins_location(config_path: str | os.PathLike[str] | None) -> bool:
     )
 
 
-def candidates(configured: str, config_path: str | None, env: Mapping[str, str] | None = None) -> list[str]:
+def candidates(
+    configured: str, config_path: str | None, env: Mapping[str, str] | None = None, name: str = SOCKET_NAME
+) -> list[str]:
     """Endpoints to try, in order; ``configured`` is the endpoint the loaded config resolves to."""
     env = os.environ if env is None else env
     found = [configured]
@@ -126,11 +128,11 @@ def candidates(configured: str, config_path: str | None, env: Mapping[str, str] 
         if env.get("XDG_RUNTIME_DIR"):
             dirs.append(str(Path(env["XDG_RUNTIME_DIR"]) / "ferretd"))
         dirs.append(f"/tmp/ferretd-{os.getuid()}")
-        found += [f"ipc://{Path(d) / SOCKET_NAME}" for d in dirs]
+        found += [f"ipc://{Path(d) / name}" for d in dirs]
     return list(dict.fromkeys(found))
 
 
-def locate(endpoints: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> Located:
+def locate(endpoints: list[str], timeout_s: float = PROBE_TIMEOUT_S, what: str = "ferretd") -> Located:
     """The first endpoint somebody listens on; else one line saying where we looked and why not."""
     results = [(e, probe(e, timeout_s)) for e in endpoints]
     for endpoint, result in results:
@@ -141,15 +143,15 @@ def locate(endpoints: list[str], timeout_s: float = PROBE_TIMEOUT_S) -> Located:
         where = _where(denied[0])
         return Located(
             None,
-            f"permission denied on {where}: the control socket is mode 0600 for the daemon's user "
+            f"permission denied on {where}: ferretd's sockets are mode 0600 for the daemon's user "
             f"(systemd: user ferretd); run ferretctl as that user (sudo -u ferretd ferretctl ...) or as root",
             denied=True,
         )
     stale = [_where(e) for e, r in results if r in (Probe.STALE, Probe.REFUSED)]
     looked = ", ".join(_where(e) for e in endpoints)
     if stale:
-        return Located(None, f"ferretd is not running (nothing listens on {stale[0]}; looked at {looked})")
-    return Located(None, f"ferretd is not running (no control socket; looked at {looked})")
+        return Located(None, f"{what} is not running (nothing listens on {stale[0]}; looked at {looked})")
+    return Located(None, f"{what} is not running (no socket; looked at {looked})")
 
 
 def _where(endpoint: str) -> str:

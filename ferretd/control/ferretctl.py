@@ -59,6 +59,12 @@ def parse_bytes(text: str) -> int:
     return int(value)
 
 
+def parse_seq(text: str) -> int:
+    if not text.isdigit() or len(text) > 18:
+        raise argparse.ArgumentTypeError(f"not a snapshot sequence number: {text!r}")
+    return int(text)
+
+
 def parse_count(text: str) -> int:
     try:
         value = int(text)
@@ -104,6 +110,7 @@ COMMANDS = {
     "health": "exit 0 healthy, 1 degraded, 2 down (for monitoring)",
     "version": "ferretctl's and the daemon's version",
     "stop": "stop the daemon (same path as SIGTERM)",
+    "infer": "ferret-infer: status | health | pin SEQ (serve that snapshot, e.g. roll back) | unpin",
     "help": "this usage (works without a daemon)",
 }
 
@@ -125,6 +132,9 @@ def build_parser() -> Parser:
         elif name == "history":
             cmd.add_argument("--last", type=parse_count, default=30, metavar="N", help="table rows (default 30)")
             cmd.add_argument("--png", metavar="FILE", help="write the learning curve as a PNG (needs matplotlib)")
+        elif name == "infer":
+            cmd.add_argument("action", nargs="?", default="status", choices=("status", "health", "pin", "unpin"))
+            cmd.add_argument("seq", nargs="?", type=parse_seq, help="pin: the snapshot sequence to serve")
         elif name == "budget":
             cmd.add_argument("bytes", type=parse_bytes, help="e.g. 64M, 1G, 0")
         elif name == "help":
@@ -158,9 +168,13 @@ def resolve_endpoint(args: argparse.Namespace) -> tuple[str | None, str, float]:
         if path is None and discovery.pins_location(discovery.SYSTEM_CONFIG):
             path = discovery.SYSTEM_CONFIG
         config = load_config(path)
-        endpoints = discovery.candidates(config.control.endpoint, path)
+        if args.command == "infer":
+            endpoints = discovery.candidates(config.inference.endpoint, path, name="infer.sock")
+        else:
+            endpoints = discovery.candidates(config.control.endpoint, path)
+    args.loaded_config = config
     timeout = args.timeout or (config.control.timeout_s if config else 5.0)
-    located = discovery.locate(endpoints)
+    located = discovery.locate(endpoints, what="ferret-infer" if args.command == "infer" else "ferretd")
     return located.endpoint, located.problem, timeout
 
 
@@ -174,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command == "help":
             return usage(parser, args)
+        if args.command == "infer" and (args.action == "pin") != (args.seq is not None):
+            raise UsageError("infer pin needs a snapshot sequence (and only pin takes one)")
         if args.command == "version" and not args.json:
             sys.stdout.write(f"ferretctl {__version__}\n")
         endpoint, problem, timeout = resolve_endpoint(args)
@@ -185,12 +201,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if endpoint is None:
         return unreachable(args, problem)
+    if args.command == "infer":
+        from ferretd.control.infer import converse_infer
+
+        return converse_infer(args, endpoint, timeout)
     return converse(args, endpoint, timeout)
 
 
 def unreachable(args: argparse.Namespace, reason: str) -> int:
     sys.stderr.write(f"ferretctl: {reason}\n")
-    if args.command == "health":
+    if args.command == "health" or getattr(args, "action", None) == "health":
         sys.stdout.write("down\n")
         return HEALTH_DOWN
     return EXIT_UNREACHABLE

@@ -12,6 +12,13 @@ on a ROUTER socket::
     reply    {"ok": true, "label": int, "probabilities": [...], "model_seq": int}
     request  {"op": "info"}  ->  {"ok": true, "model_seq": ..., "swaps": ..., "rejected": ...,
                                   "rejected_by": {reason: count}}
+    request  {"op": "status"}  ->  info plus the served snapshot (seq, age, manifest accuracy),
+             pinned, and predict latency (mean, p50, p99 over the last 1,000)
+    request  {"op": "pin", "seq": N}  /  {"op": "unpin"}   (ipc endpoints only: owner-only file)
+
+``predict`` also takes a batch: ``x`` of shape ``(n, *input_shape)`` answers ``labels`` and
+``probabilities`` with one row per sample. ``pin`` serves snapshot N from the snapshot
+directory (older: a rollback) and no newer one until ``unpin``, which returns to the newest.
 
 The serving loop survives any request: the array goes through the same strict decoder as
 ingest (``transports.codec.decode_array``), and every failure, expected or not, is answered with
@@ -29,7 +36,7 @@ import signal
 import sys
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from typing import Any
 
 import numpy as np
@@ -38,9 +45,10 @@ import zmq
 
 from ferretd.config import Config, ConfigError, load_config
 from ferretd.inference.loader import SnapshotLoader
-from ferretd.inference.session import ModelSlot
+from ferretd.inference.session import ModelSlot, SnapshotRejected
 from ferretd.instance import InstanceError, check_runtime_dir
 from ferretd.logs import RateLimitedLog, configure_logging, journal_stderr
+from ferretd.snapshot.store import SnapshotStore
 from transports.codec import Rejected, pack, unpack, unpack_array
 from transports.security import KeyFileError, bind_server, client_curve_from, server_keys_from, start_authenticator
 
@@ -59,6 +67,7 @@ class InferenceServer:
         self.failed = 0
         self.bad_requests: Counter[str] = Counter()
         self.bad_input = RateLimitedLog(log)
+        self.latencies: deque[float] = deque(maxlen=1000)  # seconds, the last predictions
         self.metrics: Any = None  # ferretd.exposition.InferenceMetrics when [inference] metrics_listen is set
         self._loader = threading.Thread(target=self._load_loop, name="loader", daemon=True)
         try:
@@ -136,12 +145,18 @@ class InferenceServer:
             op = request.get("op")
             if op == "info":
                 return self.info()
+            if op == "status":
+                return self.status()
+            if op in ("pin", "unpin"):
+                return self._pin(request)
             if op != "predict":
                 raise ValueError(f"unknown op {str(op)[:40]!r}")
             started = time.perf_counter()
             reply = self._predict(request)
+            elapsed = time.perf_counter() - started
+            self.latencies.append(elapsed)
             if self.metrics is not None:
-                self.metrics.observe(time.perf_counter() - started)
+                self.metrics.observe(elapsed)
             return reply
         except Rejected as exc:
             return self._refuse(exc.reason.value, str(exc))
@@ -163,12 +178,22 @@ class InferenceServer:
         if model is None:
             self.failed += 1
             return {"ok": False, "error": "no model loaded yet"}
-        if tuple(x.shape) != tuple(model.manifest.input_shape):
-            raise ValueError(f"input shape {list(x.shape)}, model expects {model.manifest.input_shape}")
+        expected = tuple(model.manifest.input_shape)
+        batch = tuple(x.shape[1:]) == expected and x.ndim == len(expected) + 1
+        if tuple(x.shape) != expected and not (batch and x.shape[0] >= 1):
+            raise ValueError(f"input shape {list(x.shape)}, model expects {list(expected)} or a batch of them")
         with np.errstate(over="ignore", invalid="ignore"):
             x = x.astype(np.float32)
         if not np.isfinite(x).all():
             raise ValueError("input contains NaN or Inf")
+        if batch:
+            rows = model.predict(x)
+            return {
+                "ok": True,
+                "labels": [int(i) for i in np.argmax(rows, axis=1)],
+                "probabilities": rows.tolist(),
+                "model_seq": model.seq,
+            }
         probabilities = model.predict(x[None])[0]
         return {
             "ok": True,
@@ -190,6 +215,65 @@ class InferenceServer:
             "failed": self.failed,
             "bad_requests": dict(self.bad_requests),
         }
+
+
+    def status(self) -> dict[str, Any]:
+        """info() plus what an operator asks first: which snapshot, how old, how good, how fast."""
+        model = self.slot.current
+        reply = self.info()
+        manifest = model.manifest if model is not None else None
+        reply["snapshot"] = None if manifest is None else {
+            "seq": manifest.seq,
+            "created_at": manifest.created_at,
+            "age_s": round(max(0.0, time.time() - manifest.created_at), 3),
+            "online_accuracy": manifest.online_accuracy,
+            "updates": manifest.updates,
+        }  # fmt: skip
+        reply["pinned"] = self.slot.pinned
+        lat = sorted(self.latencies)
+        reply["latency_s"] = None if not lat else {
+            "count": len(lat), "mean": sum(lat) / len(lat),
+            "p50": lat[len(lat) // 2], "p99": lat[int(0.99 * (len(lat) - 1))],
+        }  # fmt: skip
+        return reply
+
+    def _pin(self, request: dict[str, Any]) -> dict[str, Any]:
+        if not self.config.inference.endpoint.startswith("ipc://"):
+            raise ValueError("pin/unpin are accepted on an ipc endpoint only (owner-only socket)")
+        if request.get("op") == "unpin":
+            self.slot.unpin()
+            self._serve_newest_on_disk()
+            log.info("model_unpinned", serving=self._serving())
+            return {"ok": True, "pinned": None, "model_seq": self._serving()}
+        seq = request.get("seq")
+        if type(seq) is not int or seq < 0:
+            raise ValueError(f"pin needs a snapshot sequence number, got {str(seq)[:40]!r}")
+        store = SnapshotStore(self.config.inference.snapshot_dir, keep=1 << 30, writable=False)
+        try:
+            manifest, data = store.read(seq)
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"snapshot {seq} is not available here: {str(exc)[:200]}") from None
+        try:
+            self.slot.pin(manifest, data)
+        except SnapshotRejected as exc:
+            raise ValueError(f"snapshot {seq} does not load: {exc}") from None
+        log.info("model_pinned", seq=seq)
+        return {"ok": True, "pinned": seq, "model_seq": seq}
+
+    def _serving(self) -> int | None:
+        model = self.slot.current
+        return model.seq if model is not None else None
+
+    def _serve_newest_on_disk(self) -> None:
+        """After unpin: serve the newest snapshot on disk now (announcements already seen are not replayed)."""
+        directory = self.config.inference.snapshot_dir
+        store = SnapshotStore(directory, keep=1 << 30, writable=False)
+        for manifest, data in store.valid_newest_first():
+            try:
+                self.slot.offer(manifest, data)
+                return
+            except SnapshotRejected:
+                continue
 
 
 def main(argv: list[str] | None = None) -> int:

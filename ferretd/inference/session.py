@@ -91,12 +91,13 @@ class ModelSlot:
         self.rejected = 0
         self.rejected_by: Counter[str] = Counter()
         self.last_error: str | None = None
+        self.pinned: int | None = None  # set by pin(): newer snapshots are not swapped in
         self._lock = threading.Lock()  # serialises loaders, never taken by readers
 
     def offer(self, manifest: SnapshotManifest, data: bytes) -> bool:
         with self._lock:
             current = self.current
-            if current is not None and manifest.seq <= current.seq:
+            if self.pinned is not None or (current is not None and manifest.seq <= current.seq):
                 return False
             try:
                 candidate = build_model(manifest, data, self.intra_op_threads)
@@ -106,6 +107,23 @@ class ModelSlot:
             self.current = candidate
             self.swaps += 1
             return True
+
+    def pin(self, manifest: SnapshotManifest, data: bytes) -> None:
+        """Serve this snapshot (older or newer than the current one: a rollback or a pin) and no
+        other until ``unpin``; verified like any offer (``SnapshotRejected`` when it is bad)."""
+        with self._lock:
+            try:
+                candidate = build_model(manifest, data, self.intra_op_threads)
+            except SnapshotRejected as exc:
+                self.reject(exc.reason, str(exc))
+                raise
+            self.current = candidate
+            self.pinned = manifest.seq
+            self.swaps += 1
+
+    def unpin(self) -> None:
+        with self._lock:
+            self.pinned = None
 
     def reject(self, reason: str, error: str) -> None:
         """Count a snapshot that was refused before or while loading."""
