@@ -16,6 +16,7 @@ from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.engine.process import WORKER_LOST, ProcessExecutor
 from ferretd.engine.runtime import replay
+from ferretd.engine.sequential import SequentialLearner
 
 TR = TrainingConfig(lr=0.1, momentum=0.9, microbatch=2)
 
@@ -36,11 +37,14 @@ def test_p1n1_process_equals_threads_and_plain_sgd(make_mlp, stream) -> None:
     proc = _run(make_mlp, plan, "process", x, y)
     assert isinstance(proc.executor, ProcessExecutor)
     threads = _run(make_mlp, plan, "realtime", x, y)
-    virtual = _run(make_mlp, plan, "virtual", x, y)  # one lane: F, B, U per microbatch = plain SGD
+    virtual = _run(make_mlp, plan, "virtual", x, y)  # one lane: F, B, U per microbatch
+    sgd = SequentialLearner(make_mlp(), TR)  # plain SGD on the whole model
+    for xi, yi in zip(x, y, strict=True):
+        sgd.learn_one(xi, int(yi))
+    sgd.flush()
     got = proc.core.full_state()
-    for other in (threads, virtual):
-        want = other.core.full_state()
-        assert all(torch.equal(got[k], want[k]) for k in want)
+    for want in (threads.core.full_state(), virtual.core.full_state(), sgd.model.state_dict()):
+        assert all(torch.equal(got[k], want[k]) for k in got)
     for learner in (proc, threads, virtual):
         learner.close()
 
