@@ -339,7 +339,7 @@ def run_mlp(quick: bool) -> dict[str, Any]:
                     "ferret",
                     root / "ferret",
                     ingest=queue,
-                    pipeline={"plan": "auto"},
+                    pipeline={"plan": "auto", "executor": "auto"},
                     compensation={"method": "iter_fisher"},
                     planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
                 )
