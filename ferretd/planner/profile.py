@@ -38,10 +38,13 @@ Decisions:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import statistics
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -209,10 +212,30 @@ def allocator_peak(fn: Any, device: torch.device | str = "cpu") -> tuple[Any, in
         return out, torch.cuda.max_memory_allocated(dev) - base, torch.cuda.memory_allocated(dev) - base
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         out = fn()
     peak, net = allocation_peak(prof)
     return out, peak, net
+
+
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    """Send fd 2 to /dev/null: kineto prints ``USDT ... profiler_start/stop`` lines (and c10 a
+    one-time allocator warning) straight to the fd on every profile, whatever its log level. Held
+    only around one block's forward/backward at profiling time (a daemon's log lines written by
+    another thread in those milliseconds would be lost)."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no fd 2
+        yield
+        return
+    try:
+        with open(os.devnull, "wb") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def allocation_peak(prof: Any) -> tuple[int, int]:
