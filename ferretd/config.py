@@ -326,9 +326,14 @@ class SnapshotConfig:
     rcvhwm: int = 16
     export: str = "ema"
     ema_decay: float = 0.995
+    gate_window: int = 0  # promotion gate: held-back arrivals a periodic snapshot is judged on; 0 = off
+    gate_tolerance: float = 0.02  # promote unless its accuracy is lower than the served one's by more
 
     def check(self) -> None:
         _choice("snapshot", "export", self.export, ("latest", "ema"))
+        _at_least("snapshot", "gate_window", self.gate_window, 0)
+        if not 0.0 <= self.gate_tolerance <= 1.0:
+            raise ConfigError(f"[snapshot] gate_tolerance: must be in [0, 1], got {self.gate_tolerance}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"[snapshot] ema_decay: must be in (0, 1), got {self.ema_decay}")
         _at_least("snapshot", "every_updates", self.every_updates, 0)

@@ -39,6 +39,7 @@ from ferretd.instance import InstanceLock, check_runtime_dir
 from ferretd.learners import learner_kind, make_learner, plan_from_config
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, RejectReason
+from ferretd.promotion import PromotionGate
 from ferretd.replan import Replanner
 from ferretd.snapshot.exporter import SnapshotExporter
 from ferretd.snapshot.store import SnapshotStore
@@ -101,6 +102,7 @@ class Daemon:
         self.learner: OnlineLearner = make_learner(config, self.plan)
         self.score = PrequentialScore(config.metrics.window)
         self.history = History(config.metrics.history_every_s, config.metrics.history_points)
+        self.gate = PromotionGate(config.snapshot.gate_window, config.snapshot.gate_tolerance)
         self.score_lock = threading.Lock()
         self.drift = DriftMonitor.from_config(config, learner=lambda: self.learner)
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
@@ -397,6 +399,8 @@ class Daemon:
 
     def _process(self, sample: Any) -> None:
         self._score(sample)
+        if self.gate.pending and (released := self.gate.observe(sample.features, sample.label)):
+            self.exporter.submit(released[0], **released[1])  # promoted on a held-back window
         received_at = sample.received_at
         self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
 
@@ -488,17 +492,29 @@ class Daemon:
         if not self.exporter.busy and self.snapshot_cadence.due(
             self.learner.updates, cfg.every_updates, cfg.every_seconds
         ):
-            self.snapshot_now()
+            if not self.gate.enabled:
+                self.snapshot_now()
+                return
+            self.snapshot_cadence.mark(self.learner.updates)
+            released = self.gate.hold(self.learner.export_module(), self._snapshot_meta())
+            if released is not None:
+                self.exporter.submit(released[0], **released[1])
 
     def snapshot_now(self) -> concurrent.futures.Future[Any]:
-        """Hand a consistent copy of the weights to the exporter (loop thread only)."""
+        """Hand a consistent copy of the weights to the exporter (loop thread only); explicit
+        snapshots bypass the promotion gate and become what it compares the next one with."""
         self.snapshot_cadence.mark(self.learner.updates)
-        return self.exporter.submit(
-            self.learner.export_module(),
-            updates=self.learner.updates,
-            samples_trained=self.queue.snapshot().trained,
-            online_accuracy=self.score_summary()["online_accuracy"],
-        )
+        module = self.learner.export_module()
+        if self.gate.enabled:
+            self.gate.serving(module)
+        return self.exporter.submit(module, **self._snapshot_meta())
+
+    def _snapshot_meta(self) -> dict[str, Any]:
+        return {
+            "updates": self.learner.updates,
+            "samples_trained": self.queue.snapshot().trained,
+            "online_accuracy": self.score_summary()["online_accuracy"],
+        }
 
     def _snapshot_saved(self, manifest: dict[str, Any]) -> None:
         if self.snapshots is not None:

@@ -84,6 +84,7 @@ def build_status(daemon: Daemon) -> dict[str, Any]:
             "refused_nonfinite": daemon.exporter.refused_nonfinite,
             "weights": daemon.config.snapshot.export,
             "last_export_s": daemon.exporter.last_export_s,
+            "gate": daemon.gate.status() if daemon.gate.enabled else None,
         },
         "checkpoint": {**daemon.checkpoint_record.to_dict(), "resumed_from": daemon.resumed_from},
         "sockets": socket_report(daemon),
