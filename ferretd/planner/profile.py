@@ -23,14 +23,16 @@ Decisions:
 * Activation temporaries (issue 12): buffers a block allocates *inside* its forward or backward
   and frees before returning (e.g. a conv's im2col/grad buffers) are invisible to saved-tensor
   hooks but count against the box's memory. They are measured at the allocator:
-  :func:`allocator_peak` runs the call once with ``torch.profiler``'s memory events (CPU; every
-  alloc/free with its size, in order) or ``torch.cuda.max_memory_allocated`` (GPU) and returns
+  :func:`allocator_peak` runs the call once under the autograd profiler's memory recording (CPU;
+  every alloc/free of the thread with its size and time: the legacy recorder, which gives the same
+  numbers as ``torch.profiler``'s memory events without kineto's ~3 s start-up and its ``USDT``
+  lines on stderr) or ``torch.cuda.max_memory_allocated`` (GPU) and returns
   the peak of live bytes above the level before the call and the net bytes left after it.
   ``forward_temp_bytes`` = forward peak - what stays (saved tensors, output);
   ``backward_temp_bytes`` = backward peak - what it returns (parameter and input gradients).
-  Decision: torch.profiler, not tracemalloc (blind to torch's allocator) nor RSS (glibc keeps
-  freed pages); the profiler misses threads started while it runs, so it is used only here and
-  in the single-threaded bench, never in the daemon's lanes.
+  Decision: the profiler's allocator events, not tracemalloc (blind to torch's allocator) nor RSS
+  (glibc keeps freed pages); they cover only the calling thread, so they are used only here and
+  in the single-threaded bench (``torch.profiler``), never in the daemon's lanes.
 * Cache key: sha256 of the model structure (``repr`` plus parameter names/shapes/dtypes), input
   shape, microbatch, device and torch version. One JSON file per key under ``cache_dir``; a
   corrupt file is ignored and rewritten.
@@ -38,13 +40,10 @@ Decisions:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 import statistics
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -210,32 +209,20 @@ def allocator_peak(fn: Any, device: torch.device | str = "cpu") -> tuple[Any, in
         out = fn()
         torch.cuda.synchronize(dev)
         return out, torch.cuda.max_memory_allocated(dev) - base, torch.cuda.memory_allocated(dev) - base
-    from torch.profiler import ProfilerActivity, profile
+    from torch.autograd import ProfilerConfig, ProfilerState
 
-    with _quiet_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    config = ProfilerConfig(ProfilerState.CPU, False, True, False, False, False, torch.profiler._ExperimentalConfig())
+    torch.autograd._enable_profiler_legacy(config)  # records every alloc/free of this thread
+    try:
         out = fn()
-    peak, net = allocation_peak(prof)
-    return out, peak, net
-
-
-@contextlib.contextmanager
-def _quiet_stderr() -> Iterator[None]:
-    """Send fd 2 to /dev/null: kineto prints ``USDT ... profiler_start/stop`` lines (and c10 a
-    one-time allocator warning) straight to the fd on every profile, whatever its log level. Held
-    only around one block's forward/backward at profiling time (a daemon's log lines written by
-    another thread in those milliseconds would be lost)."""
-    try:
-        saved = os.dup(2)
-    except OSError:  # no fd 2
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as null:
-            os.dup2(null.fileno(), 2)
-            yield
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
+        records = torch.autograd._disable_profiler_legacy()
+    allocs = sorted((r for thread in records for r in thread if r.kind() == "memory_alloc"), key=lambda r: r.start_us())
+    live = peak = 0
+    for r in allocs:
+        live += r.cpu_memory_usage()
+        peak = max(peak, live)
+    return out, peak, live
 
 
 def allocation_peak(prof: Any) -> tuple[int, int]:
