@@ -209,34 +209,37 @@ def allocator_peak(fn: Any, device: torch.device | str = "cpu") -> tuple[Any, in
         out = fn()
         torch.cuda.synchronize(dev)
         return out, torch.cuda.max_memory_allocated(dev) - base, torch.cuda.memory_allocated(dev) - base
-    from torch.autograd import ProfilerConfig, ProfilerState
-
-    config = ProfilerConfig(ProfilerState.CPU, False, True, False, False, False, torch.profiler._ExperimentalConfig())
-    torch.autograd._enable_profiler_legacy(config)  # records every alloc/free of this thread
-    try:
+    with AllocationRecorder() as rec:
         out = fn()
-    finally:
+    return out, rec.peak, rec.net
+
+
+class AllocationRecorder:
+    """``with AllocationRecorder() as rec:`` records every CPU alloc/free of this thread (the
+    autograd profiler's legacy memory recording); afterwards ``rec.peak`` is the peak of live bytes
+    above the level at entry and ``rec.net`` what is still allocated. Frees of blocks allocated
+    before entry are not reported by torch."""
+
+    peak = 0
+    net = 0
+
+    def __enter__(self) -> AllocationRecorder:
+        from torch.autograd import ProfilerConfig, ProfilerState
+
+        experimental = torch.profiler._ExperimentalConfig()
+        config = ProfilerConfig(ProfilerState.CPU, False, True, False, False, False, experimental)
+        torch.autograd._enable_profiler_legacy(config)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         records = torch.autograd._disable_profiler_legacy()
-    allocs = sorted((r for thread in records for r in thread if r.kind() == "memory_alloc"), key=lambda r: r.start_us())
-    live = peak = 0
-    for r in allocs:
-        live += r.cpu_memory_usage()
-        peak = max(peak, live)
-    return out, peak, live
-
-
-def allocation_peak(prof: Any) -> tuple[int, int]:
-    """Peak and final sum of a finished ``torch.profiler.profile``'s CPU memory events, in time order
-    (frees of blocks allocated before the profile started are not reported by torch)."""
-    events = [e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"]
-    events.sort(key=lambda e: e.start_ns())
-    live = peak = 0
-    for e in events:
-        if e.device_type() != torch.autograd.DeviceType.CPU:
-            continue
-        live += e.nbytes()
-        peak = max(peak, live)
-    return peak, live
+        allocs = [r for thread in records for r in thread if r.kind() == "memory_alloc"]
+        allocs.sort(key=lambda r: r.start_us())
+        live = peak = 0
+        for r in allocs:
+            live += r.cpu_memory_usage()
+            peak = max(peak, live)
+        self.peak, self.net = peak, live
 
 
 class Profiler:

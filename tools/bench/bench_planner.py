@@ -6,8 +6,9 @@ channels on 1x28x28, microbatch 8-64) train on a saturating stream in the engine
 mode (``PipelineLearner(executor="virtual")``, costs from the planner's own profile).
 
 The headline number is measured **at the allocator** (issue 12): the whole life of the learner
-(construction, every action, flush, close) runs under ``torch.profiler`` with memory events, and
-the peak of live torch bytes (``planner.profile.allocation_peak``) plus the action log's Python
+(construction, every action, flush, close) runs under the autograd profiler's allocator recording
+(``planner.profile.AllocationRecorder``: every CPU alloc/free, as torch.profiler's memory events
+report them), and the peak of live torch bytes plus the action log's Python
 objects (``sys.getsizeof`` over the bounded log, full at the end) is compared with the planner's
 expected footprint and its bound (both with ``concurrent_lanes=False``: the virtual clock runs one
 action at a time). The bookkeeping instruments below only split it into components, sampled after
@@ -42,7 +43,6 @@ import os
 import sys
 import tempfile
 import time
-import warnings
 import weakref
 from dataclasses import replace
 from pathlib import Path
@@ -62,7 +62,7 @@ from ferretd.engine.learner import PrequentialScore
 from ferretd.engine.plan import Plan
 from ferretd.models import convnet, mlp
 from ferretd.planner.memory import MemoryParams, expected_memory, expected_versions, predict_memory
-from ferretd.planner.profile import Profile, Profiler, allocation_peak
+from ferretd.planner.profile import AllocationRecorder, Profile, Profiler
 from ferretd.planner.rate import RateParams, predict_rate
 
 MiB = 2**20
@@ -282,9 +282,6 @@ def measure_memory(
     microbatches: int,
     model_fn: Any = None,
 ) -> dict[str, Any]:
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
     torch.manual_seed(0)
     model = model_fn() if model_fn is not None else mlp(MEM_SHAPE, 10, MEM_HIDDEN)
     shape, mb = profile.input_shape, profile.microbatch
@@ -297,8 +294,7 @@ def measure_memory(
     xs = rng.standard_normal((microbatches * mb, *shape)).astype(np.float32)
     ys = rng.integers(0, 10, microbatches * mb)
     rss0 = psutil.Process().memory_info().rss
-    with warnings.catch_warnings(), torch_profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        warnings.simplefilter("ignore")
+    with AllocationRecorder() as rec:
         learner = make_learner(model, plan, profile, t_d, compensation, lr=0.01)
         probe = MemoryProbe(learner)
         with torch.autograd.graph.saved_tensors_hooks(probe.pack, probe.unpack):
@@ -310,7 +306,7 @@ def measure_memory(
         log_entries = len(learner.core.log)
         learner.close()
         del learner, probe.learner, probe.core
-    torch_peak, _ = allocation_peak(prof)
+    torch_peak = rec.peak
     params = MemoryParams.for_training(0.0, compensation, log_entries=LOG_LIMIT, concurrent_lanes=False)
     bound = predict_memory(profile, plan, params)
     realtime_bound = predict_memory(profile, plan, replace(params, concurrent_lanes=True))
@@ -467,7 +463,7 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     md = [
         f"Memory model (MLP 64-256-256-256-10 at microbatch {MEM_MB}, and the conv net 8-16-32 on 1x28x28 at "
         "microbatch 8-64; virtual clock, saturating stream), measured **at the allocator**: the peak of live "
-        "torch bytes over the learner's whole life (torch.profiler memory events) plus the action log's Python "
+        "torch bytes over the learner's whole life (the profiler's allocator events) plus the action log's Python "
         f"bytes. Expected vs measured |error| median {np.median(errors) * 100:.1f}%, "
         f"max {max(errors) * 100:.1f}% over {len(mem_rows)} configurations; measured <= bound in "
         f"{sum(r['within_bound'] for r in mem_rows)}/{len(mem_rows)}. 'expected' takes versions, deltas and "

@@ -10,7 +10,6 @@ events) never exceeds the planner's bound.
 from __future__ import annotations
 
 import tracemalloc
-import warnings
 
 import numpy as np
 import pytest
@@ -21,7 +20,7 @@ from ferretd.engine.pipeline import DEFAULT_LOG_LIMIT, PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.models import convnet, mlp
 from ferretd.planner.memory import LOG_ENTRY_BYTES, MemoryParams, predict_memory
-from ferretd.planner.profile import Profiler, allocation_peak
+from ferretd.planner.profile import AllocationRecorder, Profiler
 
 TR = TrainingConfig(lr=0.01)
 
@@ -89,8 +88,6 @@ def test_template_is_the_one_fixed_weight_copy() -> None:
 def test_allocator_peak_within_bound(plan: Plan) -> None:
     """A conv net at microbatch 16 on the virtual clock: the peak of live torch bytes over the
     learner's whole life stays under the bound (and the transients are what keeps it there)."""
-    from torch.profiler import ProfilerActivity, profile
-
     shape, mb = (1, 16, 16), 16
     torch.manual_seed(0)
     prof = Profiler(warmup=1, repeats=2).profile(convnet(shape, 3, (8, 16)), shape, mb)
@@ -98,13 +95,12 @@ def test_allocator_peak_within_bound(plan: Plan) -> None:
     training = TrainingConfig(lr=0.01, microbatch=mb)
     torch.manual_seed(0)
     model = convnet(shape, 3, (8, 16))
-    with warnings.catch_warnings(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as p:
-        warnings.simplefilter("ignore")
+    with AllocationRecorder() as rec:
         learner = PipelineLearner(model, plan, training, executor="virtual", cost=cost, t_d=1e-6, log_limit=0)
         _feed(learner, 12 * mb * len(plan.active_workers), shape)
         learner.close()
         del learner
-    peak, _ = allocation_peak(p)
+    peak = rec.peak
     bound = predict_memory(prof, plan, MemoryParams(concurrent_lanes=False))
     assert peak <= bound.total_bytes, (peak, bound)
     assert peak > bound.total_bytes - bound.transient_bytes - bound.transit_bytes, "the transients are real"
