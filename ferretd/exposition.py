@@ -92,6 +92,13 @@ class StatusCollector:
             yield from gauge("snapshot_age_seconds", "age of the newest snapshot", time.time() - snap["created_at"])
         yield CounterMetricFamily(f"{p}_snapshots_exported", "snapshots exported", value=snap.get("exported", 0))
         yield CounterMetricFamily(f"{p}_snapshots_failed", "snapshot exports failed", value=snap.get("failed", 0))
+        gate = snap.get("gate")
+        if gate:
+            decisions = CounterMetricFamily(f"{p}_snapshot_gate_decisions", "promotion gate decisions",
+                                            labels=["decision"])  # fmt: skip
+            decisions.add_metric(["promoted"], gate["promoted"])
+            decisions.add_metric(["held_back"], gate["held_back"])
+            yield decisions
         checkpoint = s.get("checkpoint") or {}
         if checkpoint:
             yield CounterMetricFamily(f"{p}_checkpoints_saved", "checkpoints written", value=checkpoint.get("saved", 0))
