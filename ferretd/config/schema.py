@@ -1,17 +1,9 @@
-"""Daemon configuration: frozen dataclasses loaded from TOML, validated with one clear line.
+"""Configuration schema: one frozen dataclass per TOML section, with embedded defaults and ``check()``.
 
-Every field has an embedded default, so ``ferretd`` runs with no file at all. A file only needs
-the keys it changes. Unknown sections or keys, wrong types and out-of-range values raise
-:class:`ConfigError` whose message names the key (``[ingest] queue_capacity: ...``); the CLI
-prints that line and exits 2.
-
-Directories follow systemd: ``$RUNTIME_DIRECTORY`` holds the ipc sockets and
-``$STATE_DIRECTORY`` the snapshots and checkpoints. Without systemd the runtime directory is
-``$XDG_RUNTIME_DIR/ferretd`` (else ``/tmp/ferretd-$UID``) and the state directory
-``$XDG_STATE_HOME/ferretd`` (else ``~/.local/state/ferretd``). Endpoints left empty in the file
-are derived from the runtime directory, which is how ``ferretctl`` finds the control socket.
-
-Stdlib only (architecture rule 1).
+Every field has an embedded default, so ``ferretd`` runs with no file at all. A section's
+``check()`` validates its own ranges through :mod:`ferretd.config.validate`; :class:`Config`
+adds the cross-section checks. Loading and directory resolution live in
+:mod:`ferretd.config.load`. Stdlib only (architecture rule 1).
 """
 
 from __future__ import annotations
@@ -21,10 +13,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one line that names the offending key."""
-
+from ferretd.config.validate import (
+    ConfigError,
+    at_least,
+    check_message_limits,
+    check_tcp_security,
+    choice,
+    endpoint,
+    positive,
+)
 
 # --------------------------------------------------------------------------- sections
 
@@ -39,10 +36,10 @@ class DaemonConfig:
     shutdown_timeout_s: float = 30.0
 
     def check(self) -> None:
-        _choice("daemon", "log_level", self.log_level, ("debug", "info", "warning", "error"))
-        _choice("daemon", "log_format", self.log_format, ("auto", "json", "console"))
-        _at_least("daemon", "torch_threads", self.torch_threads, 1)
-        _positive("daemon", "shutdown_timeout_s", self.shutdown_timeout_s)
+        choice("daemon", "log_level", self.log_level, ("debug", "info", "warning", "error"))
+        choice("daemon", "log_format", self.log_format, ("auto", "json", "console"))
+        at_least("daemon", "torch_threads", self.torch_threads, 1)
+        positive("daemon", "shutdown_timeout_s", self.shutdown_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -55,12 +52,12 @@ class IngestConfig:
     rcvhwm: int = 1000
 
     def check(self) -> None:
-        _endpoint("ingest", "endpoint", self.endpoint)
-        _at_least("ingest", "queue_capacity", self.queue_capacity, 1)
-        _choice("ingest", "overflow", self.overflow, ("drop_oldest", "drop_newest"))
-        _at_least("ingest", "max_message_bytes", self.max_message_bytes, 64)
-        _at_least("ingest", "max_devices", self.max_devices, 1)
-        _at_least("ingest", "rcvhwm", self.rcvhwm, 1)
+        endpoint("ingest", "endpoint", self.endpoint)
+        at_least("ingest", "queue_capacity", self.queue_capacity, 1)
+        choice("ingest", "overflow", self.overflow, ("drop_oldest", "drop_newest"))
+        at_least("ingest", "max_message_bytes", self.max_message_bytes, 64)
+        at_least("ingest", "max_devices", self.max_devices, 1)
+        at_least("ingest", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -77,15 +74,15 @@ class ModelConfig:
     normalize_clip: float = 10.0
 
     def check(self) -> None:
-        _choice("model", "name", self.name, ("mlp", "convnet", "custom"))
-        _choice("model", "normalize", self.normalize, ("running", "none"))
+        choice("model", "name", self.name, ("mlp", "convnet", "custom"))
+        choice("model", "normalize", self.normalize, ("running", "none"))
         if not 0.0 <= self.normalize_decay < 1.0:
             raise ConfigError(f"[model] normalize_decay: must be in [0, 1) (0 = exact), got {self.normalize_decay}")
         if self.normalize_clip < 0:
             raise ConfigError(f"[model] normalize_clip: must be >= 0 (0 = no clipping), got {self.normalize_clip}")
         if not self.input_shape or any(d < 1 for d in self.input_shape):
             raise ConfigError(f"[model] input_shape: dimensions must be >= 1, got {list(self.input_shape)}")
-        _at_least("model", "num_classes", self.num_classes, 2)
+        at_least("model", "num_classes", self.num_classes, 2)
         if any(h < 1 for h in self.hidden):
             raise ConfigError(f"[model] hidden: layer widths must be >= 1, got {list(self.hidden)}")
         if any(c < 1 for c in self.channels):
@@ -113,12 +110,12 @@ class TrainingConfig:
     guard_step_ratio: float = 1.0
 
     def check(self) -> None:
-        _positive("training", "lr", self.lr)
-        _choice("training", "optimizer", self.optimizer, ("sgd", "adam", "adagrad"))
+        positive("training", "lr", self.lr)
+        choice("training", "optimizer", self.optimizer, ("sgd", "adam", "adagrad"))
         for key in ("beta1", "beta2"):
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"[training] {key}: must be in [0, 1), got {getattr(self, key)}")
-        _positive("training", "eps", self.eps)
+        positive("training", "eps", self.eps)
         for key in ("guard_loss_factor", "guard_step_ratio"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"[training] {key}: must be >= 0 (0 = off), got {getattr(self, key)}")
@@ -126,7 +123,7 @@ class TrainingConfig:
             raise ConfigError(f"[training] momentum: must be in [0, 1), got {self.momentum}")
         if self.weight_decay < 0:
             raise ConfigError(f"[training] weight_decay: must be >= 0, got {self.weight_decay}")
-        _at_least("training", "microbatch", self.microbatch, 1)
+        at_least("training", "microbatch", self.microbatch, 1)
 
 
 @dataclass(frozen=True)
@@ -142,15 +139,15 @@ class MetricsConfig:
     history_points: int = 720  # points kept (720 x 10 s = 2 h)
 
     def check(self) -> None:
-        _at_least("metrics", "window", self.window, 1)
-        _positive("metrics", "history_every_s", self.history_every_s)
-        _at_least("metrics", "history_points", self.history_points, 2)
+        at_least("metrics", "window", self.window, 1)
+        positive("metrics", "history_every_s", self.history_every_s)
+        at_least("metrics", "history_points", self.history_points, 2)
         _, sep, port = self.listen.rpartition(":")
         if self.listen and not (sep and port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"[metrics] listen: expected HOST:PORT like 127.0.0.1:9108, got {self.listen!r}")
         if not 0.0 < self.max_drop_share <= 1.0:
             raise ConfigError(f"[metrics] max_drop_share: must be in (0, 1], got {self.max_drop_share}")
-        _positive("metrics", "drop_window_s", self.drop_window_s)
+        positive("metrics", "drop_window_s", self.drop_window_s)
 
 
 @dataclass(frozen=True)
@@ -167,11 +164,11 @@ class PipelineConfig:
     executor: str = "realtime"
 
     def check(self) -> None:
-        _choice("pipeline", "plan", self.plan, ("manual", "auto"))
-        _at_least("pipeline", "stages", self.stages, 1)
-        _at_least("pipeline", "workers", self.workers, 1)
-        _at_least("pipeline", "accumulation", self.accumulation, 1)
-        _choice("pipeline", "executor", self.executor, ("realtime", "virtual", "process", "auto"))
+        choice("pipeline", "plan", self.plan, ("manual", "auto"))
+        at_least("pipeline", "stages", self.stages, 1)
+        at_least("pipeline", "workers", self.workers, 1)
+        at_least("pipeline", "accumulation", self.accumulation, 1)
+        choice("pipeline", "executor", self.executor, ("realtime", "virtual", "process", "auto"))
         if self.partition and len(self.partition) != self.stages - 1:
             raise ConfigError(
                 f"[pipeline] partition: {self.stages} stages need {self.stages - 1} cut points, "
@@ -195,7 +192,7 @@ class CompensationConfig:
     scope: str = "stage"
 
     def check(self) -> None:
-        _choice(
+        choice(
             "compensation",
             "method",
             self.method,
@@ -211,8 +208,8 @@ class CompensationConfig:
             raise ConfigError(f"[compensation] beta: must be in [0, 1), got {self.beta}")
         if self.eta_lambda < 0:
             raise ConfigError(f"[compensation] eta_lambda: must be >= 0, got {self.eta_lambda}")
-        _choice("compensation", "fit", self.fit, ("closed_form", "gradient"))
-        _choice("compensation", "scope", self.scope, ("stage", "tensor"))
+        choice("compensation", "fit", self.fit, ("closed_form", "gradient"))
+        choice("compensation", "scope", self.scope, ("stage", "tensor"))
 
 
 @dataclass(frozen=True)
@@ -244,11 +241,11 @@ class PlannerConfig:
             raise ConfigError(f"[planner] memory_cap_bytes: must be >= 0 (0 = no cap), got {self.memory_cap_bytes}")
         if not 0.0 < self.safety_factor <= 1.0:
             raise ConfigError(f"[planner] safety_factor: must be in (0, 1], got {self.safety_factor}")
-        _positive("planner", "replan_check_s", self.replan_check_s)
+        positive("planner", "replan_check_s", self.replan_check_s)
         if not 0.0 <= self.hysteresis < 1.0:
             raise ConfigError(f"[planner] hysteresis: must be in [0, 1), got {self.hysteresis}")
-        _at_least("planner", "max_workers", self.max_workers, 1)
-        _at_least("planner", "max_stages", self.max_stages, 1)
+        at_least("planner", "max_workers", self.max_workers, 1)
+        at_least("planner", "max_stages", self.max_stages, 1)
 
 
 @dataclass(frozen=True)
@@ -267,17 +264,17 @@ class OclConfig:
     mas_refresh: int = 1000
 
     def check(self) -> None:
-        _choice("ocl", "method", self.method, OCL_METHOD_NAMES)
-        _at_least("ocl", "replay_bytes", self.replay_bytes, 0)
-        _at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
-        _at_least("ocl", "mir_candidates", self.mir_candidates, 1)
+        choice("ocl", "method", self.method, OCL_METHOD_NAMES)
+        at_least("ocl", "replay_bytes", self.replay_bytes, 0)
+        at_least("ocl", "replay_per_sample", self.replay_per_sample, 0)
+        at_least("ocl", "mir_candidates", self.mir_candidates, 1)
         if self.lwf_alpha < 0:
             raise ConfigError(f"[ocl] lwf_alpha: must be >= 0, got {self.lwf_alpha}")
-        _positive("ocl", "lwf_temperature", self.lwf_temperature)
-        _at_least("ocl", "lwf_refresh", self.lwf_refresh, 1)
+        positive("ocl", "lwf_temperature", self.lwf_temperature)
+        at_least("ocl", "lwf_refresh", self.lwf_refresh, 1)
         if self.mas_lambda < 0:
             raise ConfigError(f"[ocl] mas_lambda: must be >= 0, got {self.mas_lambda}")
-        _at_least("ocl", "mas_refresh", self.mas_refresh, 1)
+        at_least("ocl", "mas_refresh", self.mas_refresh, 1)
 
 
 #: The registered OCL methods (ferretd/ocl; a contract test keeps this list equal to the registry).
@@ -301,17 +298,17 @@ class DriftConfig:
     reaction_samples: int = 1000
 
     def check(self) -> None:
-        _choice("drift", "detector", self.detector, ("page_hinkley", "none"))
+        choice("drift", "detector", self.detector, ("page_hinkley", "none"))
         if self.delta < 0:
             raise ConfigError(f"[drift] delta: must be >= 0, got {self.delta}")
-        _positive("drift", "threshold", self.threshold)
-        _at_least("drift", "min_samples", self.min_samples, 1)
+        positive("drift", "threshold", self.threshold)
+        at_least("drift", "min_samples", self.min_samples, 1)
         if not 0.0 < self.alpha <= 1.0:
             raise ConfigError(f"[drift] alpha: must be in (0, 1], got {self.alpha}")
-        _choice("drift", "reaction", self.reaction, ("none", "norm_decay"))
+        choice("drift", "reaction", self.reaction, ("none", "norm_decay"))
         if not 0.0 < self.reaction_decay < 1.0:
             raise ConfigError(f"[drift] reaction_decay: must be in (0, 1), got {self.reaction_decay}")
-        _at_least("drift", "reaction_samples", self.reaction_samples, 1)
+        at_least("drift", "reaction_samples", self.reaction_samples, 1)
 
 
 @dataclass(frozen=True)
@@ -330,22 +327,22 @@ class SnapshotConfig:
     gate_tolerance: float = 0.02  # promote unless its accuracy is lower than the served one's by more
 
     def check(self) -> None:
-        _choice("snapshot", "export", self.export, ("latest", "ema"))
-        _at_least("snapshot", "gate_window", self.gate_window, 0)
+        choice("snapshot", "export", self.export, ("latest", "ema"))
+        at_least("snapshot", "gate_window", self.gate_window, 0)
         if not 0.0 <= self.gate_tolerance <= 1.0:
             raise ConfigError(f"[snapshot] gate_tolerance: must be in [0, 1], got {self.gate_tolerance}")
         if not 0.0 < self.ema_decay < 1.0:
             raise ConfigError(f"[snapshot] ema_decay: must be in (0, 1), got {self.ema_decay}")
-        _at_least("snapshot", "every_updates", self.every_updates, 0)
+        at_least("snapshot", "every_updates", self.every_updates, 0)
         if self.every_seconds < 0:
             raise ConfigError(f"[snapshot] every_seconds: must be >= 0, got {self.every_seconds}")
-        _at_least("snapshot", "keep", self.keep, 1)
+        at_least("snapshot", "keep", self.keep, 1)
         if not 13 <= self.opset <= 21:
             raise ConfigError(f"[snapshot] opset: must be between 13 and 21, got {self.opset}")
-        _endpoint("snapshot", "announce_endpoint", self.announce_endpoint)
-        _endpoint("snapshot", "latest_endpoint", self.latest_endpoint)
-        _at_least("snapshot", "max_request_bytes", self.max_request_bytes, 64)
-        _at_least("snapshot", "rcvhwm", self.rcvhwm, 1)
+        endpoint("snapshot", "announce_endpoint", self.announce_endpoint)
+        endpoint("snapshot", "latest_endpoint", self.latest_endpoint)
+        at_least("snapshot", "max_request_bytes", self.max_request_bytes, 64)
+        at_least("snapshot", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -355,10 +352,10 @@ class CheckpointConfig:
     keep: int = 3
 
     def check(self) -> None:
-        _at_least("checkpoint", "every_updates", self.every_updates, 0)
+        at_least("checkpoint", "every_updates", self.every_updates, 0)
         if self.every_seconds < 0:
             raise ConfigError(f"[checkpoint] every_seconds: must be >= 0, got {self.every_seconds}")
-        _at_least("checkpoint", "keep", self.keep, 1)
+        at_least("checkpoint", "keep", self.keep, 1)
 
 
 @dataclass(frozen=True)
@@ -369,10 +366,10 @@ class ControlConfig:
     rcvhwm: int = 16
 
     def check(self) -> None:
-        _endpoint("control", "endpoint", self.endpoint)
-        _positive("control", "timeout_s", self.timeout_s)
-        _at_least("control", "max_request_bytes", self.max_request_bytes, 64)
-        _at_least("control", "rcvhwm", self.rcvhwm, 1)
+        endpoint("control", "endpoint", self.endpoint)
+        positive("control", "timeout_s", self.timeout_s)
+        at_least("control", "max_request_bytes", self.max_request_bytes, 64)
+        at_least("control", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -385,13 +382,13 @@ class InferenceConfig:
     metrics_listen: str = ""  # ferret-infer's OpenMetrics endpoint, e.g. "127.0.0.1:9109"; empty = off
 
     def check(self) -> None:
-        _endpoint("inference", "endpoint", self.endpoint)
+        endpoint("inference", "endpoint", self.endpoint)
         _, sep, port = self.metrics_listen.rpartition(":")
         if self.metrics_listen and not (sep and port.isdigit() and 0 < int(port) < 65536):
             raise ConfigError(f"[inference] metrics_listen: expected HOST:PORT, got {self.metrics_listen!r}")
-        _at_least("inference", "intra_op_threads", self.intra_op_threads, 1)
-        _at_least("inference", "max_request_bytes", self.max_request_bytes, 64)
-        _at_least("inference", "rcvhwm", self.rcvhwm, 1)
+        at_least("inference", "intra_op_threads", self.intra_op_threads, 1)
+        at_least("inference", "max_request_bytes", self.max_request_bytes, 64)
+        at_least("inference", "rcvhwm", self.rcvhwm, 1)
 
 
 @dataclass(frozen=True)
@@ -423,55 +420,6 @@ class SecurityConfig:
             raise ConfigError("[security] authorized_keys_dir: needed with server_secret_key_file (allowed clients)")
 
 
-ENVELOPE_BYTES = 512
-"""Room for a sample envelope's fields besides the array (device id up to 128 chars, seq, ts, ...)."""
-
-
-def _check_message_limits(config: Config) -> None:
-    """A size limit below one float32 sample of ``[model] input_shape`` would refuse every sample."""
-    needed = 4 * _product(config.model.input_shape) + ENVELOPE_BYTES
-    for section, key, value in (
-        ("ingest", "max_message_bytes", config.ingest.max_message_bytes),
-        ("inference", "max_request_bytes", config.inference.max_request_bytes),
-    ):
-        if value < needed:
-            raise ConfigError(
-                f"[{section}] {key}: {value} is below one float32 sample of [model] input_shape "
-                f"{list(config.model.input_shape)} ({needed} bytes with the envelope); raise it"
-            )
-
-
-def _product(values: tuple[int, ...]) -> int:
-    result = 1
-    for value in values:
-        result *= value
-    return result
-
-
-def _check_tcp_security(config: Config) -> None:
-    """A tcp endpoint needs CURVE keys, or ``insecure = true``; control over tcp always needs keys."""
-    sec = config.security
-    endpoints = [
-        ("control", "endpoint", config.control.endpoint),
-        ("ingest", "endpoint", config.ingest.endpoint),
-        ("inference", "endpoint", config.inference.endpoint),
-        ("snapshot", "announce_endpoint", config.snapshot.announce_endpoint),
-        ("snapshot", "latest_endpoint", config.snapshot.latest_endpoint),
-    ]
-    for section, key, value in endpoints:
-        if not value.startswith("tcp://") or sec.curve:
-            continue
-        if section == "control":
-            raise ConfigError(
-                f"[control] endpoint: {value} over tcp needs [security] server_secret_key_file (keep control on ipc)"
-            )
-        if not sec.insecure:
-            raise ConfigError(
-                f"[{section}] {key}: {value} is tcp without authentication; set [security] "
-                "server_secret_key_file and authorized_keys_dir, or insecure = true"
-            )
-
-
 @dataclass(frozen=True)
 class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
@@ -491,8 +439,8 @@ class Config:
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
     def check(self) -> None:
-        _check_tcp_security(self)
-        _check_message_limits(self)
+        check_tcp_security(self)
+        check_message_limits(self)
 
     # Resolved locations (always absolute after load_config).
     @property
@@ -509,36 +457,3 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _choice(section: str, key: str, value: str, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise ConfigError(f"[{section}] {key}: must be one of {', '.join(allowed)}; got {value!r}")
-
-
-def _at_least(section: str, key: str, value: int, low: int) -> None:
-    if value < low:
-        raise ConfigError(f"[{section}] {key}: must be >= {low}, got {value}")
-
-
-def _positive(section: str, key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"[{section}] {key}: must be > 0, got {value}")
-
-
-def _endpoint(section: str, key: str, value: str) -> None:
-    if value and not value.startswith(("ipc://", "tcp://", "inproc://")):
-        raise ConfigError(f"[{section}] {key}: must start with ipc://, tcp:// or inproc://, got {value!r}")
-
-
-# Loading lives in its own module; re-exported here so ``from ferretd.config import load_config`` works.
-from ferretd.config_loader import default_runtime_dir, default_state_dir, load_config, resolve_paths  # noqa: E402
-
-__all__ = [
-    "Config",
-    "ConfigError",
-    "default_runtime_dir",
-    "default_state_dir",
-    "load_config",
-    "resolve_paths",
-]

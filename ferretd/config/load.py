@@ -1,6 +1,6 @@
 """Loading the configuration: TOML file -> validated frozen dataclasses -> resolved directories.
 
-Walks the dataclasses of :mod:`ferretd.config` generically: unknown sections and keys get a
+Walks the dataclasses of :mod:`ferretd.config.schema` generically: unknown sections and keys get a
 "did you mean" hint, every value is type-checked against its field, and each section's
 ``check()`` validates ranges. Empty directories and endpoints are then filled from systemd's
 environment (``$RUNTIME_DIRECTORY``, ``$STATE_DIRECTORY``) or the XDG fallbacks. Stdlib only.
@@ -18,7 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-from ferretd.config import Config, ConfigError
+from ferretd.config.schema import Config
+from ferretd.config.validate import ConfigError
 
 
 def load_config(

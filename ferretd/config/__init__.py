@@ -1,0 +1,66 @@
+"""Daemon configuration: frozen dataclasses loaded from TOML, validated with one clear line.
+
+Every field has an embedded default, so ``ferretd`` runs with no file at all. A file only needs
+the keys it changes. Unknown sections or keys, wrong types and out-of-range values raise
+:class:`ConfigError` whose message names the key (``[ingest] queue_capacity: ...``); the CLI
+prints that line and exits 2.
+
+Directories follow systemd: ``$RUNTIME_DIRECTORY`` holds the ipc sockets and
+``$STATE_DIRECTORY`` the snapshots and checkpoints. Without systemd the runtime directory is
+``$XDG_RUNTIME_DIR/ferretd`` (else ``/tmp/ferretd-$UID``) and the state directory
+``$XDG_STATE_HOME/ferretd`` (else ``~/.local/state/ferretd``). Endpoints left empty in the file
+are derived from the runtime directory, which is how ``ferretctl`` finds the control socket.
+
+The package: ``schema`` (the sections), ``validate`` (ConfigError and the checks), ``load``
+(TOML -> dataclasses -> resolved directories). Stdlib only (architecture rule 1).
+"""
+
+from __future__ import annotations
+
+from ferretd.config.load import default_runtime_dir, default_state_dir, load_config, resolve_paths
+from ferretd.config.schema import (
+    OCL_METHOD_NAMES,
+    CheckpointConfig,
+    CompensationConfig,
+    Config,
+    ControlConfig,
+    DaemonConfig,
+    DriftConfig,
+    InferenceConfig,
+    IngestConfig,
+    MetricsConfig,
+    ModelConfig,
+    OclConfig,
+    PipelineConfig,
+    PlannerConfig,
+    SecurityConfig,
+    SnapshotConfig,
+    TrainingConfig,
+)
+from ferretd.config.validate import ENVELOPE_BYTES, ConfigError
+
+__all__ = [
+    "ENVELOPE_BYTES",
+    "OCL_METHOD_NAMES",
+    "CheckpointConfig",
+    "CompensationConfig",
+    "Config",
+    "ConfigError",
+    "ControlConfig",
+    "DaemonConfig",
+    "DriftConfig",
+    "InferenceConfig",
+    "IngestConfig",
+    "MetricsConfig",
+    "ModelConfig",
+    "OclConfig",
+    "PipelineConfig",
+    "PlannerConfig",
+    "SecurityConfig",
+    "SnapshotConfig",
+    "TrainingConfig",
+    "default_runtime_dir",
+    "default_state_dir",
+    "load_config",
+    "resolve_paths",
+]
