@@ -30,7 +30,8 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
   compensated one by one): ``sum_n a_{n,j} |w_j|``.
 * Fixed copies: the learner's template copy of the model (``fixed_copies |w_j|``, 1 in the
   engine: stage modules live on the ``meta`` device, but ``PipelineLearner.template`` holds full
-  weights, which the old bookkeeping probe did not see), optimizer state
+  weights, which the old bookkeeping probe did not see; 2 when the served model is the weight
+  average, ``[snapshot] export = "ema"``, which keeps one more copy), optimizer state
   ``optimizer_factor |w_j|`` (SGD momentum: 1), compensator state
   ``compensation_factor |w_j|`` (fitted-lambda Iter-Fisher: 3 = EMA, g_prev^2, th_prev;
   gap-aware: 1).
@@ -52,7 +53,8 @@ Model, for stage j with parameter bytes |w_j|, P stages, active workers n:
   of ``a > 1`` tensor by tensor (the running total ``|w_j|`` + ``torch.stack`` ``(a + 1) t``);
   builds the next version and optimiser state out of place while the total lives
   (``(1 + optimizer_factor) |w_j|``, + ``|w_j|`` when a > 1); runs the divergence guard's step
-  norm on the new weights (``(new - old).double().pow(2)``: ``UPDATE_TENSOR_TEMPS`` = 4 t). Each lane runs one action
+  norm on the new weights (``_foreach_sub(new, old)``: one more ``|w_j|``; the per-tensor version
+  it replaced held ``(new - old).double().pow(2)``, 4 t, and weight decay holds one ``t``). Each lane runs one action
   at a time: with ``concurrent_lanes`` (real-time lanes, threads or processes) every lane may be
   mid-action at once, so the bound sums the lanes' largest transients; the virtual clock runs one
   action at a time (the largest one).
@@ -79,7 +81,6 @@ if TYPE_CHECKING:
     from ferretd.engine.simulate import SimReport
 
 SIM_SPACINGS = (0.0, 0.1, 0.35, 0.7, 2.0, 6.0)
-UPDATE_TENSOR_TEMPS = 4  # float32-sized copies of one parameter tensor alive at once in the guard
 PROCESS_WORKER_BYTES = 96 * 2**20  # private memory of one process-executor worker (measured 83-85 MiB)
 LOG_ENTRY_BYTES = 320  # one LogEntry with its Action and tuple (measured below this in the tests)
 
@@ -244,7 +245,7 @@ def update_transient_bytes(profile: Profile, plan: Plan, params: MemoryParams, w
         params.compensation_temp_factor * w,
         w + (a + 1) * t if a > 1 else 0,
         new + (w if a > 1 else 0),
-        new + UPDATE_TENSOR_TEMPS * t,
+        new + max(w, t),  # the guard's fused step difference (weight decay: one tensor at a time)
     ]
     return int(compensated + max(phases))
 

@@ -39,7 +39,7 @@ def memory_params_for_config(config: Config, executor: str | None = None) -> Mem
 
     comp = config.compensation
     fitted = comp.fit == "closed_form" or comp.eta_lambda > 0
-    return MemoryParams.for_training(
+    params = MemoryParams.for_training(
         config.training.momentum,
         comp.method,
         fitted,
@@ -48,6 +48,9 @@ def memory_params_for_config(config: Config, executor: str | None = None) -> Mem
         concurrent_lanes=config.pipeline.executor != "virtual",
         worker_process_bytes=PROCESS_WORKER_BYTES if (executor or config.pipeline.executor) == "process" else 0,
     )
+    if config.snapshot.export == "ema":  # the weight average the learner serves: one more copy
+        params = replace(params, fixed_copies=params.fixed_copies + 1)
+    return params
 
 
 def rate_params_for_config(

@@ -19,9 +19,10 @@ def test_single_stage_single_worker_by_hand(make_profile) -> None:
     assert mem.version_bytes == 4000 and mem.grad_bytes == 4000 and mem.delta_bytes == 0
     assert mem.optimizer_bytes == 4000 and mem.compensation_bytes == 8000
     assert mem.activation_bytes == 1200
-    # an update builds the next version and momentum out of place before the old ones go
-    assert mem.transient_bytes == 2 * 4000 and mem.transit_bytes == 0 and mem.log_bytes == 0
-    assert mem.total_bytes == 6 * 4000 + 1200 + 2 * 4000 == sum(mem.stage_bytes) + mem.transient_bytes
+    # an update builds the next version and momentum out of place before the old ones go, and the
+    # divergence guard takes the step difference of all tensors at once
+    assert mem.transient_bytes == 3 * 4000 and mem.transit_bytes == 0 and mem.log_bytes == 0
+    assert mem.total_bytes == 6 * 4000 + 1200 + 3 * 4000 == sum(mem.stage_bytes) + mem.transient_bytes
 
 
 def test_versions_one_worker_match_plan_formula(six_block_profile) -> None:
@@ -93,11 +94,6 @@ def test_accumulation_and_omission_drop_versions(six_block_profile) -> None:
     acc = predict_memory(six_block_profile, replace(p, workers=(w, w)), one).total_bytes
     omit = predict_memory(six_block_profile, Plan.uniform(6, (1, 2, 4), 2, omit_stages=(0, 1, 2)), one).total_bytes
     assert omit < base and acc < base
-    # with every lane mid-update at once, averaging the window (total + new weights) eats the saving
-    assert (
-        predict_memory(six_block_profile, replace(p, workers=(w, w))).total_bytes
-        >= predict_memory(six_block_profile, p).total_bytes
-    )
     off = replace(p, workers=(p.workers[0], replace(p.workers[1], active=False)))
     assert predict_memory(six_block_profile, off).total_bytes < predict_memory(six_block_profile, p).total_bytes
 
