@@ -301,13 +301,13 @@ class ProcessExecutor(RealtimeExecutor):
 
     def _lane(self, lane: Lane) -> None:
         """The thread executor's lane loop; a lost worker ends its lanes quietly."""
-        execute = self.core.execute
+        core = self.core
         local = self._local
 
         def run(action: Action) -> None:
             local.lane, local.action = lane, action
             try:
-                execute(action)
+                core.execute(action)
             except WorkerLost as lost:
                 self._lose(lost)
                 raise _LaneGone from lost

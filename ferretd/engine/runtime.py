@@ -159,8 +159,10 @@ class RealtimeExecutor:
             # intra-op threads are a per-thread setting: a new thread would otherwise use every core
             torch.set_num_threads(self.threads)
         wake = self._wake[lane]
-        execute: Callable[[Action], LogEntry] = self.core.execute
-        device = self.core.stages[lane[1]].runner.device
+        core = self.core
+        execute: Callable[[Action], LogEntry] = lambda action: core.execute(action)  # noqa: E731 - looked up per
+        # action, so a bench or test may wrap core.execute after the lanes started
+        device = core.stages[lane[1]].runner.device
         if device.type == "cuda":  # pragma: no cover - no GPU in CI
             execute = _on_own_stream(execute, torch.cuda.Stream(device))
         finished: Action | None = None
