@@ -55,9 +55,11 @@ def measure_action_overhead(samples: int = 300, repeats: int = 3, executor: str 
     return statistics.median(results)
 
 
-def cached_action_overhead(cache_dir: Path, executor: str = "realtime") -> float:
+def cached_action_overhead(cache_dir: Path | None, executor: str = "realtime") -> float:
     import torch
 
+    if cache_dir is None:
+        return measure_action_overhead(executor=executor)
     kind = "" if executor == "realtime" else f"{executor}-"
     key = f"overhead-{kind}py{platform.python_version()}-torch{torch.__version__}.json".replace("+", "_")
     path = Path(cache_dir) / key

@@ -53,6 +53,12 @@ def memory_params_for_config(config: Config, executor: str | None = None) -> Mem
     return params
 
 
+def profile_cache_dir(config: Config) -> Path | None:
+    """``<state_dir>/profiles``; None (measure, keep nothing) for a config whose directories were
+    never resolved, so a bare ``Config()`` never writes into the working directory."""
+    return Path(config.daemon.state_dir) / "profiles" if config.daemon.state_dir else None
+
+
 def rate_params_for_config(
     config: Config, profile: Profile, arrival_interval_s: float | None = None, executor: str | None = None
 ) -> RateParams:
@@ -67,7 +73,7 @@ def rate_params_for_config(
         # Real lanes: charge the executor's per-action overhead, and CPU lanes share the cores.
         overhead = config.planner.action_overhead_s
         if overhead < 0 or executor == "process":
-            overhead = cached_action_overhead(Path(config.state_dir) / "profiles", executor)
+            overhead = cached_action_overhead(profile_cache_dir(config), executor)
         realtime["action_overhead_s"] = overhead
         realtime["overhead_holds_gil"] = executor == "realtime"
         if not profile.device.startswith("cuda"):
@@ -91,7 +97,7 @@ def profile_for_config(config: Config, profiler: Profiler | None = None) -> Prof
     torch.set_num_threads(config.daemon.torch_threads)
     device = "cuda:0" if torch.cuda.is_available() else "cpu"
     model = build_model(config.model, seed=config.training.seed)
-    profiler = profiler or Profiler(cache_dir=Path(config.state_dir) / "profiles")
+    profiler = profiler or Profiler(cache_dir=profile_cache_dir(config))
     return profiler.profile(model, tuple(config.model.input_shape), config.training.microbatch, device)
 
 
