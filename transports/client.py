@@ -19,9 +19,15 @@ from typing import Any
 import numpy as np
 import zmq
 
+from ferretd.messages import MANIFEST_LIMITS
 from transports.codec import encode_sample, pack, pack_array, unpack
 from transports.security import ClientCurve, apply_client_curve
 from transports.zmq_snapshots import TOPIC
+
+MAX_ANNOUNCE_BYTES = 1 << 20
+"""Largest announcement a subscriber accepts (a manifest is a few hundred bytes)."""
+MAX_REPLY_BYTES = MANIFEST_LIMITS["max_size_bytes"] + (1 << 20)
+"""Largest "latest"/"fetch" reply: the biggest snapshot a manifest may declare, plus its manifest."""
 
 
 class SamplePublisher:
@@ -115,11 +121,15 @@ class SnapshotSubscriber:
         request_timeout_ms: int = 2000,
         context: zmq.Context | None = None,
         curve: ClientCurve | None = None,
+        max_announce_bytes: int = MAX_ANNOUNCE_BYTES,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self._own_context = context is None
         self._context = context or zmq.Context()
+        self._max_reply_bytes = max_reply_bytes
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
+        self._sub.setsockopt(zmq.MAXMSGSIZE, max_announce_bytes)  # a rogue publisher cannot flood memory
         self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
         self._curve = curve
         apply_client_curve(self._sub, curve, announce_endpoint)
@@ -139,6 +149,7 @@ class SnapshotSubscriber:
     def _new_dealer(self) -> zmq.Socket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.MAXMSGSIZE, self._max_reply_bytes)
         apply_client_curve(sock, self._curve, self._latest_endpoint)
         sock.connect(self._latest_endpoint)
         return sock
