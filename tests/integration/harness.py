@@ -80,6 +80,14 @@ def child_env() -> dict[str, str]:
     return env
 
 
+def ferretctl(config_path: str | Path, *argv: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """Run ``ferretctl --config config_path argv...`` as an operator would, in its own process."""
+    return subprocess.run(
+        [sys.executable, "-m", "ferretd.control.ferretctl", "--config", str(config_path), *argv],
+        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=timeout,
+    )  # fmt: skip
+
+
 def start_process(module: str, config_path: Path, log_path: Path) -> subprocess.Popen[bytes]:
     log = open(log_path, "ab")  # noqa: SIM115 - the child owns it
     return subprocess.Popen(

@@ -17,6 +17,7 @@ from tests.integration.harness import (
     child_env,
     config_from,
     digits,
+    ferretctl,
     start_process,
     stop_process,
     wait_for,
@@ -24,12 +25,7 @@ from tests.integration.harness import (
 )
 from transports.client import SamplePublisher
 
-
-def ctl(path, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferretd.control.ferretctl", "--config", str(path), *argv],
-        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=timeout,
-    )  # fmt: skip
+ctl = ferretctl
 
 
 @pytest.fixture

@@ -6,16 +6,13 @@ from __future__ import annotations
 import json
 import os
 import struct
-import subprocess
-import sys
 
 import pytest
 
 from tests.integration.harness import (
-    ROOT,
-    child_env,
     config_from,
     digits,
+    ferretctl,
     start_process,
     stop_process,
     wait_for,
@@ -23,12 +20,7 @@ from tests.integration.harness import (
 )
 from transports.client import SamplePublisher
 
-
-def ctl(path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferretd.control.ferretctl", "--config", str(path), *argv],
-        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=120,
-    )  # fmt: skip
+ctl = ferretctl
 
 
 @pytest.fixture

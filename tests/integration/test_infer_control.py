@@ -4,17 +4,14 @@ batch predict, and pinning / rolling back to a snapshot and unpinning to the new
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 
 from tests.integration.harness import (
-    ROOT,
     ThreadedDaemon,
-    child_env,
     config_from,
     digits,
+    ferretctl,
     start_process,
     stop_process,
     wait_for,
@@ -22,12 +19,7 @@ from tests.integration.harness import (
 )
 from transports.client import InferenceClient, SamplePublisher
 
-
-def ctl(path, *argv: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "ferretd.control.ferretctl", "--config", str(path), *argv],
-        capture_output=True, text=True, env=child_env(), cwd=ROOT, timeout=120,
-    )  # fmt: skip
+ctl = ferretctl
 
 
 def serving(path) -> int | None:
