@@ -39,7 +39,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import pickle
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -299,8 +298,9 @@ class ProcessExecutor(RealtimeExecutor):
 
     # ------------------------------------------------------------------ lanes
 
-    def _lane(self, lane: Lane) -> None:
-        """The thread executor's lane loop; a lost worker ends its lanes quietly."""
+    def _lane_runner(self, lane: Lane) -> Callable[[Action], Any]:
+        """Run the action through ``core.execute`` (its F/B go to this lane's worker process); a lost
+        worker ends its lanes quietly."""
         core = self.core
         local = self._local
 
@@ -312,45 +312,16 @@ class ProcessExecutor(RealtimeExecutor):
                 self._lose(lost)
                 raise _LaneGone from lost
 
-        wake = self._wake[lane]
-        finished: Action | None = None
-        dt = 0.0
-        while True:
-            with self.cond:
-                if finished is not None:
-                    self._finish(lane, finished, dt)
-                while True:
-                    if self._stop or lane[0] in self.lost:
-                        return
-                    action = self.program.next_action(lane, self._ready)
-                    if action is not None:
-                        self.program.take(action)
-                        self.running += 1
-                        break
-                    wake.wait()
-            if self.jitter is not None:
-                self.jitter(action)
-            t0 = time.perf_counter()
-            try:
-                run(action)
-            except BaseException as exc:
-                if not (isinstance(exc, _LaneGone) or lane[0] in self.lost):
-                    self._fail(lane, action, exc)
-                    return
-                with self.cond:
-                    self.running -= 1
-                    self._notify_all()
-                    self.cond.notify_all()
-                return
-            dt = time.perf_counter() - t0
-            finished = action
+        return run
 
-    def _fail(self, lane: Lane, action: Action, exc: BaseException) -> None:
-        """A lane must never die silently: stop everything and surface the error on drain."""
-        log.error("lane_failed", lane=f"w{lane[0]}s{lane[1]}", action=str(action), error=repr(exc))
+    def _lane_closed(self, lane: Lane) -> bool:
+        return lane[0] in self.lost
+
+    def _lane_failed(self, lane: Lane, action: Action, exc: BaseException) -> None:
+        if not (isinstance(exc, _LaneGone) or lane[0] in self.lost):
+            self._fail(lane, action, exc)
+            return
         with self.cond:
-            self.error = exc
-            self._stop = True
             self.running -= 1
             self._notify_all()
             self.cond.notify_all()

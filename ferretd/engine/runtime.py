@@ -31,6 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import structlog
 import torch
@@ -155,16 +156,13 @@ class RealtimeExecutor:
             return ok
 
     def _lane(self, lane: Lane) -> None:
+        """One lane's loop: take the next ready action, run it, mark it done (the hooks below are
+        what an executor changes: how an action runs, when a lane closes, what a failure means)."""
         if self.threads is not None:
             # intra-op threads are a per-thread setting: a new thread would otherwise use every core
             torch.set_num_threads(self.threads)
         wake = self._wake[lane]
-        core = self.core
-        execute: Callable[[Action], LogEntry] = lambda action: core.execute(action)  # noqa: E731 - looked up per
-        # action, so a bench or test may wrap core.execute after the lanes started
-        device = core.stages[lane[1]].runner.device
-        if device.type == "cuda":  # pragma: no cover - no GPU in CI
-            execute = _on_own_stream(execute, torch.cuda.Stream(device))
+        run = self._lane_runner(lane)
         finished: Action | None = None
         dt = 0.0
         while True:
@@ -172,7 +170,7 @@ class RealtimeExecutor:
                 if finished is not None:  # one critical section: mark done, then take the next
                     self._finish(lane, finished, dt)
                 while True:
-                    if self._stop:
+                    if self._stop or self._lane_closed(lane):
                         return
                     action = self.program.next_action(lane, self._ready)
                     if action is not None:
@@ -184,18 +182,39 @@ class RealtimeExecutor:
                 self.jitter(action)
             t0 = time.perf_counter()
             try:
-                execute(action)
+                run(action)
             except BaseException as exc:  # a lane must never die silently
-                log.error("lane_failed", lane=f"w{lane[0]}s{lane[1]}", action=str(action), error=repr(exc))
-                with self.cond:
-                    self.error = exc
-                    self._stop = True
-                    self.running -= 1
-                    self._notify_all()
-                    self.cond.notify_all()
+                self._lane_failed(lane, action, exc)
                 return
             dt = time.perf_counter() - t0
             finished = action
+
+    def _lane_runner(self, lane: Lane) -> Callable[[Action], Any]:
+        """How this lane runs an action: ``core.execute`` (on the stage's own stream on CUDA)."""
+        core = self.core
+        execute: Callable[[Action], Any] = lambda action: core.execute(action)  # noqa: E731 - looked up per
+        # action, so a bench or test may wrap core.execute after the lanes started
+        device = core.stages[lane[1]].runner.device
+        if device.type == "cuda":  # pragma: no cover - no GPU in CI
+            execute = _on_own_stream(execute, torch.cuda.Stream(device))
+        return execute
+
+    def _lane_closed(self, lane: Lane) -> bool:
+        """True when this lane must stop although the executor runs on (lock held)."""
+        return False
+
+    def _lane_failed(self, lane: Lane, action: Action, exc: BaseException) -> None:
+        """An action raised: stop everything and surface the error on ``drain``."""
+        self._fail(lane, action, exc)
+
+    def _fail(self, lane: Lane, action: Action, exc: BaseException) -> None:
+        log.error("lane_failed", lane=f"w{lane[0]}s{lane[1]}", action=str(action), error=repr(exc))
+        with self.cond:
+            self.error = exc
+            self._stop = True
+            self.running -= 1
+            self._notify_all()
+            self.cond.notify_all()
 
     def _finish(self, lane: Lane, action: Action, dt: float) -> None:
         """Record a finished action and wake the lanes it may unblock (lock held)."""
