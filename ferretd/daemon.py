@@ -406,26 +406,39 @@ class Daemon:
 
     def _score(self, sample: Any) -> None:
         """Test-then-train: predict one arrival with the current model and score it (once)."""
-        probabilities = self.learner.predict_one(sample.features)
-        with self.score_lock:
-            hit = self.score.record(int(np.argmax(probabilities)), sample.label)
-        if self.drift.update(not hit):  # Page-Hinkley on the online 0/1 error: one log line per detection
-            drift = self.drift.status()
-            log.warning(
-                "drift_detected",
-                detections=drift["detections"],
-                at_sample=drift["last_at_sample"],
-                reaction=drift["reaction"],
-                window_accuracy=self.score_summary()["window_accuracy"],
-            )
+        self._record_scores([sample], self.learner.predict_one(sample.features)[None, :])
+
+    def _record_scores(self, samples: list[Any], probabilities: np.ndarray) -> None:
+        predicted = np.argmax(probabilities, axis=1)
+        for sample, guess in zip(samples, predicted, strict=True):
+            with self.score_lock:
+                hit = self.score.record(int(guess), sample.label)
+            if self.drift.update(not hit):  # Page-Hinkley on the online 0/1 error: one log line per detection
+                drift = self.drift.status()
+                log.warning(
+                    "drift_detected",
+                    detections=drift["detections"],
+                    at_sample=drift["last_at_sample"],
+                    reaction=drift["reaction"],
+                    window_accuracy=self.score_summary()["window_accuracy"],
+                )
 
     def _score_dropped(self, until: float | None = None) -> None:
         """Score the samples the queue dropped (overflow, shutdown): every arrival is predicted once.
 
+        Dropped samples are predicted in batches of up to 256 with one forward each: under
+        overload most arrivals are dropped, and one forward per dropped sample used to take the
+        CPU that training needed. Samples whose shape does not stack (a custom model with
+        variable input) fall back to one forward each.
         ``until`` (shutdown): stop at that monotonic time; what is left stays unscored."""
         while batch := self.queue.take_dropped(256):
-            for sample in batch:
-                self._score(sample)
+            try:
+                features = np.stack([sample.features for sample in batch])
+            except ValueError:
+                for sample in batch:
+                    self._score(sample)
+            else:
+                self._record_scores(batch, self.learner.predict_many(features))
             if until is not None and time.monotonic() >= until:
                 return
 

@@ -37,6 +37,13 @@ class OnlineLearner(ABC):
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for one sample under the current weights."""
 
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        """Class probabilities for a batch of samples (first axis) under the current weights.
+
+        The daemon scores dropped arrivals in batches: one forward for many samples costs far less
+        CPU than one forward each, which matters most when the box is overloaded."""
+        return np.stack([self.predict_one(x) for x in xs])
+
     @abstractmethod
     def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
         """Accept one labeled sample; ``on_done`` fires exactly once when its update is applied."""

@@ -100,6 +100,7 @@ class PipelineLearner(OnlineLearner):
         self.ocl = ocl
         self.executor_kind = executor
         self.cost = cost_function(cost)
+        self.cost_table = cost  # the virtual executor's costs; recompute is charged per plan in _build
         self.t_d = t_d
         self.device_policy = devices
         self.jitter = jitter
@@ -145,7 +146,9 @@ class PipelineLearner(OnlineLearner):
         acc = {(w, s): plan.workers[w].accumulation[s] for w in self.active for s in range(plan.num_stages)}
         self.program = OnlineProgram(plan.num_stages, acc)
         if self.executor_kind == "virtual":
-            self.executor: VirtualExecutor | RealtimeExecutor = VirtualExecutor(self.core, self.program, self.cost)
+            recompute = [n for n in self.active if plan.workers[n].recompute]
+            cost = cost_function(self.cost_table, recompute_workers=recompute)
+            self.executor: VirtualExecutor | RealtimeExecutor = VirtualExecutor(self.core, self.program, cost)
         else:
             cpu_lanes = sum(1 for (_, s) in self.program.lanes if devs[s].type == "cpu")
             cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
@@ -206,6 +209,14 @@ class PipelineLearner(OnlineLearner):
         xb = torch.as_tensor(x, dtype=torch.float32).unsqueeze(0)
         logits = self.core.predict(xb)
         return torch.softmax(logits.float().cpu(), dim=1)[0].numpy()
+
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        batch = torch.as_tensor(np.asarray(xs), dtype=torch.float32)
+        if self.norm is not None:
+            with torch.no_grad():
+                batch = self.norm(batch)
+        logits = self.core.predict(batch)
+        return torch.softmax(logits.float().cpu(), dim=1).numpy()
 
     def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
         if self.norm is not None:

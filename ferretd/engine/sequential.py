@@ -64,6 +64,13 @@ class SequentialLearner(OnlineLearner):
             logits = self.model(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0))
         return torch.softmax(logits, dim=1)[0].numpy()
 
+    def predict_many(self, xs: np.ndarray) -> np.ndarray:
+        with self._lock, torch.no_grad():
+            batch = torch.as_tensor(np.asarray(xs), dtype=torch.float32)
+            if self.norm is not None:
+                batch = self.norm(batch)
+            return torch.softmax(self.model(batch), dim=1).numpy()
+
     def learn_one(self, x: np.ndarray, y: int, on_done: DoneCallback | None = None) -> None:
         if self.norm is not None:
             with self._lock:
