@@ -4,8 +4,9 @@
 * :class:`SnapshotSubscriber` for any process that wants the model snapshots.
 * :class:`InferenceClient` for applications asking ``ferret-infer`` for predictions.
 
-All three speak plain ZeroMQ + msgpack (see ``transports.codec``) and need neither torch nor
-the daemon's code, so they can be vendored onto a device. Each takes an optional ``curve``
+All three speak plain ZeroMQ + msgpack (``transports.wire``; arrays through
+``transports.arrays``) and need neither torch, structlog nor the daemon's code, so they can be
+vendored onto a device (the ``client`` extra: pyzmq, msgpack, numpy). Each takes an optional ``curve``
 (:class:`transports.security.ClientCurve`: the client's key pair and the server's public key)
 for tcp endpoints whose server requires CURVE authentication.
 """
@@ -16,13 +17,12 @@ import itertools
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import zmq
 
 from ferretd.messages import MANIFEST_LIMITS
-from transports.codec import encode_sample, pack, pack_array, unpack
+from transports.arrays import ArrayLike, Float32Array, as_float32, encode_sample, pack_array
 from transports.security import ClientCurve, apply_client_curve
-from transports.zmq_snapshots import TOPIC
+from transports.wire import SNAPSHOT_TOPIC, pack, unpack
 
 MAX_ANNOUNCE_BYTES = 1 << 20
 """Largest announcement a subscriber accepts (a manifest is a few hundred bytes)."""
@@ -51,12 +51,12 @@ class SamplePublisher:
         send_timeout_ms: int = 1000,
         sndhwm: int = 10_000,
         start_seq: int = 0,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         curve: ClientCurve | None = None,
     ) -> None:
         self.device = device
         self._own_context = context is None
-        self._context = context or zmq.Context()
+        self._context: zmq.SyncContext = context or zmq.Context()
         self._socket = self._context.socket(zmq.PUSH)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.SNDTIMEO, send_timeout_ms)
@@ -68,7 +68,7 @@ class SamplePublisher:
         self.sent = 0
         self.unsent = 0
 
-    def publish(self, features: np.ndarray, label: int, timestamp: float | None = None) -> bool:
+    def publish(self, features: ArrayLike, label: int, timestamp: float | None = None) -> bool:
         """True: queued on a live connection to the daemon; False: not sent (see the class doc)."""
         frame = encode_sample(self.device, next(self._seq), features, label, timestamp)
         return self.send_raw(frame)
@@ -119,18 +119,18 @@ class SnapshotSubscriber:
         latest_endpoint: str,
         *,
         request_timeout_ms: int = 2000,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         curve: ClientCurve | None = None,
         max_announce_bytes: int = MAX_ANNOUNCE_BYTES,
         max_reply_bytes: int = MAX_REPLY_BYTES,
     ) -> None:
         self._own_context = context is None
-        self._context = context or zmq.Context()
+        self._context: zmq.SyncContext = context or zmq.Context()
         self._max_reply_bytes = max_reply_bytes
         self._sub = self._context.socket(zmq.SUB)
         self._sub.setsockopt(zmq.LINGER, 0)
         self._sub.setsockopt(zmq.MAXMSGSIZE, max_announce_bytes)  # a rogue publisher cannot flood memory
-        self._sub.setsockopt(zmq.SUBSCRIBE, TOPIC)
+        self._sub.setsockopt(zmq.SUBSCRIBE, SNAPSHOT_TOPIC)
         self._curve = curve
         apply_client_curve(self._sub, curve, announce_endpoint)
         self._sub.connect(announce_endpoint)
@@ -146,7 +146,7 @@ class SnapshotSubscriber:
         self._req.send_multipart([b"", pack({"op": "latest"})])
         self._latest_pending = True
 
-    def _new_dealer(self) -> zmq.Socket:
+    def _new_dealer(self) -> zmq.SyncSocket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         sock.setsockopt(zmq.MAXMSGSIZE, self._max_reply_bytes)
@@ -185,7 +185,8 @@ class SnapshotSubscriber:
         """The daemon's current manifest, or None (no snapshot yet, or no answer in time)."""
         reply = self._request({"op": "latest"})
         if reply and reply.get("ok"):
-            return reply["manifest"]
+            manifest: dict[str, Any] = reply["manifest"]
+            return manifest
         return None
 
     def fetch(self, seq: int) -> tuple[dict[str, Any], bytes] | None:
@@ -210,17 +211,17 @@ class SnapshotSubscriber:
                 self._latest_pending = False
                 poller.unregister(self._req)
                 reply = self._read(self._req)
-                manifest = reply.get("manifest") if isinstance(reply, dict) and reply.get("ok") else None
-                if isinstance(manifest, dict) and self._accept(manifest):
-                    return manifest
+                latest = reply.get("manifest") if isinstance(reply, dict) and reply.get("ok") else None
+                if isinstance(latest, dict) and self._accept(latest):
+                    return latest
             if self._sub in ready:
-                manifest = self._read(self._sub)
-                if isinstance(manifest, dict) and self._accept(manifest):
-                    return manifest
+                announced = self._read(self._sub)
+                if isinstance(announced, dict) and self._accept(announced):
+                    return announced
         return None
 
     @staticmethod
-    def _read(sock: zmq.Socket) -> Any:
+    def _read(sock: zmq.SyncSocket) -> Any:
         """The last frame of one message, decoded; None for garbage (anything may arrive)."""
         try:
             return unpack(sock.recv_multipart(zmq.NOBLOCK)[-1])
@@ -256,7 +257,7 @@ class SnapshotSubscriber:
 @dataclass(frozen=True)
 class Prediction:
     label: int
-    probabilities: np.ndarray
+    probabilities: Float32Array
     model_seq: int
 
 
@@ -271,27 +272,27 @@ class InferenceClient:
         self,
         endpoint: str,
         timeout_ms: int = 2000,
-        context: zmq.Context | None = None,
+        context: zmq.SyncContext | None = None,
         *,
         curve: ClientCurve | None = None,
     ) -> None:
         self._curve = curve
         self._own_context = context is None
-        self._context = context or zmq.Context()
+        self._context: zmq.SyncContext = context or zmq.Context()
         self._endpoint = endpoint
         self._timeout_ms = timeout_ms
         self._socket = self._connect()
 
-    def _connect(self) -> zmq.Socket:
+    def _connect(self) -> zmq.SyncSocket:
         sock = self._context.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         apply_client_curve(sock, self._curve, self._endpoint)
         sock.connect(self._endpoint)
         return sock
 
-    def predict(self, x: np.ndarray) -> Prediction:
+    def predict(self, x: ArrayLike) -> Prediction:
         """One sample in, its label, class probabilities and the serving model's sequence out."""
-        self._socket.send_multipart([b"", pack({"op": "predict", "x": pack_array(np.asarray(x, dtype=np.float32))})])
+        self._socket.send_multipart([b"", pack({"op": "predict", "x": pack_array(as_float32(x))})])
         if not self._socket.poll(self._timeout_ms, zmq.POLLIN):
             self._socket.close(linger=0)
             self._socket = self._connect()
@@ -301,7 +302,7 @@ class InferenceClient:
             raise InferenceError(reply.get("error", "unknown error"))
         return Prediction(
             label=int(reply["label"]),
-            probabilities=np.asarray(reply["probabilities"], dtype=np.float32),
+            probabilities=as_float32(reply["probabilities"]),
             model_seq=int(reply["model_seq"]),
         )
 
@@ -311,14 +312,15 @@ class InferenceClient:
             self._socket.close(linger=0)
             self._socket = self._connect()
             raise TimeoutError(f"no answer from {self._endpoint} within {self._timeout_ms} ms")
-        return unpack(self._socket.recv_multipart()[-1])
+        reply: dict[str, Any] = unpack(self._socket.recv_multipart()[-1])
+        return reply
 
-    def predict_batch(self, xs: np.ndarray) -> list[Prediction]:
+    def predict_batch(self, xs: ArrayLike) -> list[Prediction]:
         """Many samples (``(n, *input_shape)``) in one request; one :class:`Prediction` each."""
-        reply = self._call({"op": "predict", "x": pack_array(np.asarray(xs, dtype=np.float32))})
+        reply = self._call({"op": "predict", "x": pack_array(as_float32(xs))})
         seq = int(reply["model_seq"])
         return [
-            Prediction(label=int(label), probabilities=np.asarray(p, dtype=np.float32), model_seq=seq)
+            Prediction(label=int(label), probabilities=as_float32(p), model_seq=seq)
             for label, p in zip(reply["labels"], reply["probabilities"], strict=True)
         ]
 

@@ -73,7 +73,7 @@ def ipc_path(endpoint: str) -> str | None:
     return endpoint[len("ipc://") :] if endpoint.startswith("ipc://") else None
 
 
-def bind_private(socket: zmq.Socket, endpoint: str) -> None:
+def bind_private(socket: zmq.SyncSocket, endpoint: str) -> None:
     """Bind; an ipc file is created under umask 077 and then set to 0600 explicitly."""
     path = ipc_path(endpoint)
     if path is None:
@@ -88,7 +88,7 @@ def bind_private(socket: zmq.Socket, endpoint: str) -> None:
 
 
 def bind_server(
-    socket: zmq.Socket,
+    socket: zmq.SyncSocket,
     endpoint: str,
     *,
     max_message_bytes: int,
@@ -106,7 +106,7 @@ def bind_server(
     bind_private(socket, endpoint)
 
 
-def apply_client_curve(socket: zmq.Socket, curve: ClientCurve | None, endpoint: str) -> None:
+def apply_client_curve(socket: zmq.SyncSocket, curve: ClientCurve | None, endpoint: str) -> None:
     """Make ``socket`` a CURVE client before it connects to a tcp ``endpoint``; no-op without keys or on ipc."""
     if curve is None or not endpoint.startswith("tcp://"):
         return
@@ -133,7 +133,7 @@ def client_curve_from(security: Any) -> ClientCurve | None:
     )
 
 
-def start_authenticator(context: zmq.Context, authorized_keys_dir: str | os.PathLike[str]) -> ThreadAuthenticator:
+def start_authenticator(context: zmq.SyncContext, authorized_keys_dir: str | os.PathLike[str]) -> ThreadAuthenticator:
     """Start ZAP for ``context``: only clients whose public key is in the directory get in."""
     directory = Path(authorized_keys_dir)
     if not directory.is_dir():

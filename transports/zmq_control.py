@@ -1,4 +1,5 @@
-"""The control socket: a ROUTER on an ipc file with mode 0600, and its client.
+"""The control socket's server: a ROUTER on an ipc file with mode 0600 (the client is
+``transports.control_client``, re-exported here).
 
 Wire: a DEALER (or REQ) sends ``[b"", msgpack({"cmd": ..., "args": {...}})]`` and receives
 ``[b"", msgpack({"ok": ..., "result": ..., "error": ...})]``. The server thread only moves
@@ -14,15 +15,15 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 import zmq
 
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import ControlReply, ControlRequest
-from transports.codec import pack, unpack
-from transports.security import ClientCurve, CurveKeys, apply_client_curve, bind_private, bind_server, ipc_path
+from transports.control_client import ControlClient
+from transports.security import CurveKeys, bind_private, bind_server, ipc_path
+from transports.wire import pack, unpack
 
 log = structlog.get_logger(__name__)
 
@@ -33,7 +34,7 @@ __all__ = ["ControlClient", "ControlServer", "bind_private", "ipc_path"]
 class ControlServer:
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.SyncContext,
         endpoint: str,
         handle: Handler,
         *,
@@ -100,43 +101,3 @@ class ControlServer:
             self.errors += 1
             log.exception("control_handler_failed", cmd=request.cmd[:64])
             return ControlReply(ok=False, error=f"{request.cmd[:64]} failed: {str(exc)[:200]}")
-
-
-class ControlClient:
-    """A short-lived DEALER for one or a few commands (what ``ferretctl`` uses)."""
-
-    def __init__(
-        self,
-        endpoint: str,
-        timeout_s: float = 5.0,
-        context: zmq.Context | None = None,
-        *,
-        curve: ClientCurve | None = None,
-    ) -> None:
-        self.endpoint = endpoint
-        self.timeout_ms = int(timeout_s * 1000)
-        self._own_context = context is None
-        self._context = context or zmq.Context()
-        self._socket = self._context.socket(zmq.DEALER)
-        self._socket.setsockopt(zmq.LINGER, 0)
-        apply_client_curve(self._socket, curve, endpoint)
-        self._socket.connect(endpoint)
-
-    def call(self, cmd: str, **args: Any) -> ControlReply:
-        """Send one command; ``TimeoutError`` when the daemon does not answer in time."""
-        self._socket.send_multipart([b"", pack(ControlRequest(cmd, args).to_dict())])
-        if not self._socket.poll(self.timeout_ms, zmq.POLLIN):
-            raise TimeoutError(f"no answer from {self.endpoint} within {self.timeout_ms / 1000:.1f}s")
-        frames = self._socket.recv_multipart()
-        return ControlReply.from_dict(unpack(frames[-1]))
-
-    def close(self) -> None:
-        self._socket.close(linger=0)
-        if self._own_context:
-            self._context.term()
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

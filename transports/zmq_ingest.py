@@ -35,7 +35,7 @@ class IngestServer:
 
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.SyncContext,
         endpoint: str,
         handle_frame: FrameHandler,
         *,

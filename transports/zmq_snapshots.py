@@ -29,12 +29,12 @@ import structlog
 import zmq
 
 from ferretd.logs import RateLimitedLog
-from transports.codec import pack, unpack
 from transports.security import CurveKeys, bind_server
+from transports.wire import SNAPSHOT_TOPIC, pack, unpack
 
 log = structlog.get_logger(__name__)
 
-TOPIC = b"snapshot"
+TOPIC = SNAPSHOT_TOPIC
 LatestProvider = Callable[[], dict[str, Any] | None]
 FetchProvider = Callable[[int], tuple[dict[str, Any], bytes] | None]
 
@@ -42,7 +42,7 @@ FetchProvider = Callable[[int], tuple[dict[str, Any], bytes] | None]
 class SnapshotService:
     def __init__(
         self,
-        context: zmq.Context,
+        context: zmq.SyncContext,
         announce_endpoint: str,
         latest_endpoint: str,
         latest: LatestProvider,
@@ -54,11 +54,11 @@ class SnapshotService:
     ) -> None:
         self._latest = latest
         self._fetch = fetch
-        limits = {"max_message_bytes": max_request_bytes, "rcvhwm": rcvhwm, "curve": curve}
         self._pub = context.socket(zmq.PUB)
-        bind_server(self._pub, announce_endpoint, **limits)  # inbound on a PUB: subscriptions only
+        # inbound on a PUB: subscriptions only
+        bind_server(self._pub, announce_endpoint, max_message_bytes=max_request_bytes, rcvhwm=rcvhwm, curve=curve)
         self._router = context.socket(zmq.ROUTER)
-        bind_server(self._router, latest_endpoint, **limits)
+        bind_server(self._router, latest_endpoint, max_message_bytes=max_request_bytes, rcvhwm=rcvhwm, curve=curve)
         self._bad = RateLimitedLog(log)
         self.errors = 0
         self._outbox: queue.Queue[dict[str, Any]] = queue.Queue()

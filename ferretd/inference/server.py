@@ -49,8 +49,9 @@ from ferretd.inference.session import ModelSlot, SnapshotRejected
 from ferretd.instance import InstanceError, check_runtime_dir
 from ferretd.logs import RateLimitedLog, configure_logging, journal_stderr
 from ferretd.snapshot.store import SnapshotStore
-from transports.codec import Rejected, pack, unpack, unpack_array
+from transports.arrays import unpack_array
 from transports.security import KeyFileError, bind_server, client_curve_from, server_keys_from, start_authenticator
+from transports.wire import Rejected, pack, unpack
 
 log = structlog.get_logger("ferret-infer")
 
