@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from ferretd.engine.plan import Plan
+
 
 @dataclass(frozen=True, slots=True)
 class LearnOutcome:
@@ -31,7 +33,15 @@ DoneCallback = Callable[[LearnOutcome], None]
 
 
 class OnlineLearner(ABC):
-    """Predict-then-train learner over a stream of single samples."""
+    """Predict-then-train learner over a stream of single samples.
+
+    Every learner says what it is (``kind``, the ``"kind"`` of its state dict), how many samples
+    it should hold (``in_flight_capacity``) and switches to a new plan of its kind at a safe point
+    (``apply_plan``); the daemon calls these on any learner, never checking which one it has.
+    """
+
+    kind: str
+    """``"sequential"`` or ``"pipeline"``: which plans this learner can run (see ``apply_plan``)."""
 
     @abstractmethod
     def predict_one(self, x: np.ndarray) -> np.ndarray:
@@ -67,6 +77,15 @@ class OnlineLearner(ABC):
     @abstractmethod
     def updates(self) -> int:
         """Number of optimizer updates applied so far."""
+
+    @abstractmethod
+    def in_flight_capacity(self) -> int:
+        """Samples the learner should hold at once to keep busy (at least 1)."""
+
+    @abstractmethod
+    def apply_plan(self, plan: Plan, timeout: float | None = None) -> bool:
+        """Run ``plan`` (a plan of this learner's ``kind``) from a safe point on, keeping the
+        learning state; False when in-flight work did not drain within ``timeout``."""
 
     def status(self) -> dict[str, Any]:
         """Engine details for ``ferretctl status`` (stages, staleness, utilisation)."""

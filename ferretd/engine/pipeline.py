@@ -74,6 +74,8 @@ def resolve_devices(plan: Plan, policy: str = "auto") -> list[torch.device]:
 class PipelineLearner(OnlineLearner):
     """Asynchronous pipeline-parallel online learner (N workers x P stages, one shared model)."""
 
+    kind = "pipeline"
+
     def __init__(
         self,
         model: nn.Sequential,
@@ -201,7 +203,7 @@ class PipelineLearner(OnlineLearner):
 
     @property
     def updates(self) -> int:
-        return max(st.updates for st in self.core.stages)
+        return max(self.core.updates)
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
         if self.norm is not None:
@@ -272,7 +274,7 @@ class PipelineLearner(OnlineLearner):
             "guard": self.guard.state(),
             "compensator": self.compensator.state_dict() if self.compensator is not None else {},
             "ocl": self.ocl.state_dict() if self.ocl is not None else {},
-            "updates": [st.updates for st in self.core.stages],
+            "updates": self.core.updates,
             "plan": self.plan.to_dict(),
         }
 
@@ -290,8 +292,7 @@ class PipelineLearner(OnlineLearner):
             self.compensator.load_state_dict(state["compensator"])
         if self.ocl is not None and state.get("ocl"):
             self.ocl.load_state_dict(state["ocl"])
-        for st, n in zip(self.core.stages, state.get("updates", []), strict=False):
-            st.updates = int(n)
+        self.core.restore_updates(state.get("updates", []))
 
     def apply_plan(self, plan: Plan, timeout: float | None = None) -> bool:
         """Switch to ``plan`` at a safe point: drain, keep weights and momentum, rebuild lanes."""
@@ -299,7 +300,7 @@ class PipelineLearner(OnlineLearner):
             raise ValueError(f"plan has {plan.num_blocks} blocks, model has {self.plan.num_blocks}")
         if not self.flush(timeout):
             return False
-        updates = max(st.updates for st in self.core.stages)
+        updates = max(self.core.updates)
         weights, optim, average = self.core.learning_state()
         count = self.core.averaged_count()
         self.executor.close()
@@ -307,8 +308,7 @@ class PipelineLearner(OnlineLearner):
             # per-stage statistics (EMAs, fitted lambdas) describe the old stages' tensors
             self.compensator.load_state_dict({"method": self.compensator.name})
         self._build(plan, weights, {}, optim=optim, average=average, average_count=count)
-        for st in self.core.stages:
-            st.updates = updates
+        self.core.restore_updates([updates] * plan.num_stages)
         return True
 
     def status(self) -> dict[str, Any]:

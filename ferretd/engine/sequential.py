@@ -24,11 +24,14 @@ from torch import nn
 from ferretd.config import TrainingConfig
 from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner, load_extras
 from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, optimizer_step
+from ferretd.engine.plan import Plan
 from ferretd.models.normalize import RunningNorm, wrap_export
 
 
 class SequentialLearner(OnlineLearner):
     """One functional optimiser update per ``microbatch`` samples, synchronously."""
+
+    kind = "sequential"
 
     def __init__(
         self,
@@ -86,6 +89,13 @@ class SequentialLearner(OnlineLearner):
         if self._pending_x:
             self._step()
         return True
+
+    def in_flight_capacity(self) -> int:
+        return self.training.microbatch
+
+    def apply_plan(self, plan: Plan, timeout: float | None = None) -> bool:
+        """Every sequential plan runs the same way here: apply the pending microbatch, carry on."""
+        return self.flush(timeout)
 
     def _step(self) -> None:
         xb = torch.as_tensor(np.stack(self._pending_x), dtype=torch.float32)
