@@ -12,11 +12,13 @@ Directories follow systemd: ``$RUNTIME_DIRECTORY`` holds the ipc sockets and
 are derived from the runtime directory, which is how ``ferretctl`` finds the control socket.
 
 The package: ``schema`` (the sections), ``validate`` (ConfigError and the checks), ``load``
-(TOML -> dataclasses -> resolved directories). Stdlib only (architecture rule 1).
+(TOML -> dataclasses -> resolved directories), ``live`` (what a reload changes: :func:`diff_live`).
+Stdlib only (architecture rule 1).
 """
 
 from __future__ import annotations
 
+from ferretd.config.live import LiveDiff, diff_live
 from ferretd.config.load import default_runtime_dir, default_state_dir, load_config, resolve_paths
 from ferretd.config.schema import (
     OCL_METHOD_NAMES,
@@ -51,6 +53,7 @@ __all__ = [
     "DriftConfig",
     "InferenceConfig",
     "IngestConfig",
+    "LiveDiff",
     "MetricsConfig",
     "ModelConfig",
     "OclConfig",
@@ -61,6 +64,7 @@ __all__ = [
     "TrainingConfig",
     "default_runtime_dir",
     "default_state_dir",
+    "diff_live",
     "load_config",
     "resolve_paths",
 ]
