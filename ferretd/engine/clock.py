@@ -26,7 +26,8 @@ from __future__ import annotations
 import heapq
 from abc import ABC, abstractmethod
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ferretd.engine.schedule import Action, Lane, Schedule
@@ -68,6 +69,24 @@ class LaneProgram(ABC):
     def arrive(self, microbatch: int, worker: int) -> None:  # noqa: B027 - optional hook
         """A new microbatch for ``worker`` (online programs only)."""
 
+    def set_flushing(self, on: bool) -> None:  # noqa: B027 - optional hook
+        """While on, a lane whose accumulation window is partial and that has nothing else to do
+        issues its ``U`` (drain, re-plan, shutdown). A program without partial windows (a static
+        schedule spells out every ``U``) has nothing to flush."""
+
+    @contextmanager
+    def flushing(self) -> Iterator[None]:
+        """Flush partial accumulation windows for the duration of the ``with`` block."""
+        self.set_flushing(True)
+        try:
+            yield
+        finally:
+            self.set_flushing(False)
+
+    @abstractmethod
+    def remove_worker(self, worker: int) -> None:
+        """Forget every lane of ``worker`` (its process executor worker was lost)."""
+
     def describe_wait(self, lane: Lane) -> str:
         return ""
 
@@ -88,6 +107,9 @@ class StaticProgram(LaneProgram):
 
     def take(self, action: Action) -> None:
         self._next[action.lane] += 1
+
+    def remove_worker(self, worker: int) -> None:
+        self.lanes = [ln for ln in self.lanes if ln[0] != worker]
 
     def pending(self) -> bool:
         return any(self._next[ln] < len(self.schedule.lanes[ln]) for ln in self.lanes)
@@ -116,7 +138,10 @@ class OnlineProgram(LaneProgram):
         self.num_stages = num_stages
         self.lanes = sorted(accumulation, key=lambda ln: (ln[1], ln[0]))
         self._state = {ln: _LaneState(accumulation[ln], num_stages - ln[1]) for ln in self.lanes}
-        self.flushing = False
+        self._flushing = False
+
+    def set_flushing(self, on: bool) -> None:
+        self._flushing = on
 
     def arrive(self, microbatch: int, worker: int) -> None:
         for s in range(self.num_stages):
@@ -135,7 +160,7 @@ class OnlineProgram(LaneProgram):
             f = Action(w, s, "F", st.f_queue[0])
             if ready(f):
                 return f
-        if self.flushing and st.window and not st.b_queue and not st.f_queue:
+        if self._flushing and st.window and not st.b_queue and not st.f_queue:
             return Action(w, s, "U", st.last_b)
         return None
 
@@ -154,21 +179,20 @@ class OnlineProgram(LaneProgram):
 
     def pending(self) -> bool:
         return any(
-            st.f_queue or st.b_queue or st.pending_u or (self.flushing and st.window) for st in self._state.values()
+            st.f_queue or st.b_queue or st.pending_u or (self._flushing and st.window) for st in self._state.values()
         )
 
     def in_flight(self) -> int:
         return sum(len(st.b_queue) for st in self._state.values())
 
     def remove_worker(self, worker: int) -> None:
-        """Forget every lane of ``worker`` (its process executor worker was lost)."""
         self.lanes = [ln for ln in self.lanes if ln[0] != worker]
         for ln in [ln for ln in self._state if ln[0] == worker]:
             del self._state[ln]
 
     def describe_wait(self, lane: Lane) -> str:
         st = self._state[lane]
-        if not (st.f_queue or st.b_queue or st.pending_u or (self.flushing and st.window)):
+        if not (st.f_queue or st.b_queue or st.pending_u or (self._flushing and st.window)):
             return ""
         return f"F queue {list(st.f_queue)[:4]}, B queue {list(st.b_queue)[:4]}, window {st.window}"
 

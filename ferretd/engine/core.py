@@ -1,37 +1,33 @@
 """The engine's one code path: execute an action (F / B / U) on real tensors, and log it.
 
-Role: both executors (runtime.py) and the replay call :meth:`PipelineCore.execute`; only *when*
-actions run differs. The core owns the stages (runner + version store + single writer with the
-stage's SGD momentum), the in-flight microbatches, the per-lane accumulation windows, the
-action log and the per-stage statistics.
+Role: every executor and the replay call :meth:`PipelineCore.execute`; only *when* actions run
+differs. The core owns the stages (runner + version store + single writer with the stage's
+optimiser state), the tensors of in-flight microbatches (activations, gradients, graphs), the
+action log and the per-stage statistics. *Which* version a step uses, whether a backward is
+omitted, what an update applies and when a sample is done are decided by the tensor-free
+:class:`~ferretd.engine.bookkeeping.Bookkeeping` (shared with the dry run, simulate.py); the core
+carries those decisions out on tensors:
 
-Rules (decisions written down, see also versions.py and simulate.py, which mirrors them):
-
-* ``F`` pins the stage's current version (logged with it) and keeps it until the ``U`` that
-  applies the microbatch's gradient. On an omitted lane (T3) the forward does not keep the pin;
-  the stage's next update drops the microbatch's saved graph.
-* ``B`` computes parameter gradients at the pinned version with ``torch.autograd.grad``. On an
-  omitted lane it first checks that the version it forwarded with is still current; if not the
-  backward is skipped and every upstream ``B`` of that microbatch is skipped (nothing pinned).
+* ``F`` pins the stage's version in the store; on an omitted lane (T3) the pin is dropped after
+  the forward and the graph is kept only while the version stays current.
+* ``B`` computes parameter gradients at the pinned version with ``torch.autograd.grad``, or is
+  skipped when the book says so (the graph and pin are released).
 * ``U`` is the single writer (``writer_lock``): for every gradient in the lane's window it calls
   ``compensator.compensate(stage, grads, pinned, current, deltas)`` (staleness 0 included;
   one call per gradient, so exactly one per update when a = 1), averages the window, runs the
-  out-of-place optimiser step (optim.py) and publishes the next version. A window with no
-  gradient publishes nothing.
+  out-of-place optimiser step (optim.py) and publishes the next version.
 * Divergence guard (optim.DivergenceGuard): the last stage's forward checks each microbatch's
   loss; a non-finite or exploding loss marks the microbatch diverged and every stage leaves its
   gradient out of the window. ``U`` checks the new weights (finite, step not exploding); a
   refused update publishes nothing, keeps the optimiser state, and marks the window's
-  microbatches diverged. A diverged sample is reported dropped with the guard's reason
-  (``diverged_nonfinite`` / ``diverged_exploding``) once its lowest stage is done with it.
+  microbatches diverged, reported dropped with the guard's reason.
 * Weight averaging: with ``ema_decay`` set, every published version is folded into the stage's
   :class:`~ferretd.engine.optim.WeightAverage` under the writer lock (what ``export="ema"`` serves).
-* A sample is done (``on_done`` fires once) when the update of the lowest stage its backward
-  reached is applied; a microbatch skipped at the last stage is reported dropped.
 
 The log appends every entry under the stage's store lock, in the same critical section as the
 decision it records (``F``: the pin; ``B``: the omission check; ``U``: the publish), so replaying
 the log in order, single-threaded, reproduces every version exactly (tested under jitter).
+Lock order: ``writer_lock``, then ``lock`` or the store lock (never both), then the book's lock.
 """
 
 from __future__ import annotations
@@ -39,36 +35,40 @@ from __future__ import annotations
 import copy
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 import torch
 from torch import Tensor, nn
 
 from ferretd.compensation.base import Compensator
 from ferretd.config import TrainingConfig
+from ferretd.engine.bookkeeping import Bookkeeping, Settlement
 from ferretd.engine.learner import DoneCallback, LearnOutcome
 from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, optimizer_step
 from ferretd.engine.plan import Plan
-from ferretd.engine.schedule import Action, Lane
+from ferretd.engine.schedule import Action
 from ferretd.engine.stage import StageContext, StageRunner
 from ferretd.engine.versions import Version, VersionStore
 
 ExtraLoss = Callable[[Tensor, Tensor, Tensor], Tensor | None]  # (logits, y, stage-0 input x)
 ExtraGrad = Callable[[Sequence[str], Sequence[Tensor]], list[Tensor | None] | None]  # OCL parameter regulariser
+NO_CURRENT: Final = -1  # LogEntry.current of a B and of an update that had no window to apply
 
 
 @dataclass(frozen=True, slots=True)
 class LogEntry:
     action: Action
     pinned: tuple[int, ...]  # F/B: the version used; U: the versions of the window's gradients
-    current: int  # F: = pinned; U: the version the update was applied to; B: -1
+    current: int  # F: = pinned; U: the version the update was applied to; B: NO_CURRENT
     skipped: bool = False
 
 
 @dataclass
 class _Micro:
+    """The tensors of one in-flight microbatch (its bookkeeping lives in the book)."""
+
     worker: int
     x: Tensor
     y: Tensor
@@ -76,18 +76,6 @@ class _Micro:
     ctx: dict[int, StageContext] = field(default_factory=dict)
     acts: dict[int, Tensor] = field(default_factory=dict)
     grads: dict[int, Tensor | None] = field(default_factory=dict)
-    lowest: int | None = None
-    terminal: int | None = None
-    applied: set[int] = field(default_factory=set)
-    backward_done: bool = False
-    diverged: str | None = None
-
-
-@dataclass
-class _Entry:
-    microbatch: int
-    grads: list[Tensor]
-    version: Version
 
 
 @dataclass
@@ -98,10 +86,6 @@ class StageState:
     average: WeightAverage | None = None
     writer_lock: threading.Lock = field(default_factory=threading.Lock)
     omitted_ctx: set[StageContext] = field(default_factory=set)
-    staleness_max: int = 0
-    staleness_sum: int = 0
-    staleness_n: int = 0
-    updates: int = 0
 
     @property
     def momentum(self) -> list[Tensor | None]:
@@ -149,20 +133,35 @@ class PipelineCore:
             average = WeightAverage(ema_decay, store.current.tensors) if ema_decay else None
             self.stages.append(StageState(runner, store, OptimStates.empty(len(runner.names)), average))
             self.param_names.append([f"{a + int(n.split('.', 1)[0])}.{n.split('.', 1)[1]}" for n in runner.names])
+        omitted = {(w, s) for w, wk in enumerate(plan.workers) for s in range(self.num_stages) if wk.omit[s]}
+        self.book = Bookkeeping(self.num_stages, omitted)
         self.loss = nn.CrossEntropyLoss()
         self.lock = threading.Lock()
         self.micro: dict[int, _Micro] = {}
-        self.windows: dict[Lane, list[_Entry]] = {}
+        self.waiting: dict[tuple[int, int], list[Tensor]] = {}  # (stage, microbatch) -> gradients in a window
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
         self.inputs: dict[int, tuple[int, Tensor, Tensor]] = {}
         self.probe: Callable[..., None] | None = None
-        self.skipped_backwards = 0
+
+    @property
+    def skipped_backwards(self) -> int:
+        return self.book.skipped
+
+    @property
+    def updates(self) -> list[int]:
+        return list(self.book.updates)
+
+    def restore_updates(self, counts: Sequence[int]) -> None:
+        """Carry update counts over (state load, re-plan); they count published versions."""
+        for s, n in enumerate(counts[: self.num_stages]):
+            self.book.updates[s] = int(n)
 
     # ------------------------------------------------------------------ microbatches
 
     def add_microbatch(self, m: int, worker: int, x: Tensor, y: Tensor, callbacks: list[DoneCallback | None]) -> None:
         with self.lock:
             self.micro[m] = _Micro(worker, x, y, callbacks)
+            self.book.admit(m, worker)
             if self.record_inputs:
                 self.inputs[m] = (worker, x, y)
 
@@ -170,10 +169,48 @@ class PipelineCore:
         with self.lock:
             return len(self.micro)
 
+    def window_tail(self, worker: int, stage: int) -> int | None:
+        """The last microbatch whose gradient waits in lane (worker, stage)'s window."""
+        return self.book.window_tail((worker, stage))
+
+    def microbatches_of(self, worker: int) -> set[int]:
+        with self.lock:
+            return {m for m, mb in self.micro.items() if mb.worker == worker}
+
+    def drop_microbatches(self, ids: Iterable[int], reason: str) -> None:
+        """Forget ``ids`` now (their worker is gone): release their pins and graphs and report each
+        one not yet reported as dropped with ``reason``."""
+        ids = list(ids)
+        fire: list[tuple[list[DoneCallback | None], LearnOutcome]] = []
+        with self.lock:
+            unreported = set(self.book.drop(ids))
+            for m in ids:
+                mb = self.micro.pop(m, None)
+                if mb is None:
+                    continue
+                for s, ctx in list(mb.ctx.items()):
+                    if ctx.version is not None:
+                        self.stages[s].store.unpin(ctx.version)
+                        ctx.version = None
+                    ctx.out = None
+                    ctx.release()
+                if m in unreported:
+                    fire.append((mb.callbacks, LearnOutcome(False, reason)))
+        _fire(fire)
+
+    def abandon(self, reason: str) -> int:
+        """Report every unfinished microbatch as dropped (shutdown without flush)."""
+        with self.lock:
+            left = [self.micro[m] for m in self.book.abandon() if m in self.micro]
+            self.micro.clear()
+            self.waiting.clear()
+        _fire([(mb.callbacks, LearnOutcome(False, reason)) for mb in left])
+        return sum(len(mb.callbacks) for mb in left)
+
     def _loss_fn(self, y: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         def loss_fn(logits: Tensor) -> Tensor:
             target = y.to(logits.device)
-            loss = self.loss(logits, target)
+            loss: Tensor = self.loss(logits, target)
             if self.extra_loss is not None:
                 extra = self.extra_loss(logits, target, x)
                 if extra is not None:
@@ -181,6 +218,18 @@ class PipelineCore:
             return loss
 
         return loss_fn
+
+    def _report(self, settled: Iterable[Settlement], finished: Iterable[int]) -> None:
+        """Fire the outcomes the book settled and forget the microbatches it finished."""
+        with self.lock:
+            fire = [
+                (self.micro[s.microbatch].callbacks, LearnOutcome(s.trained, s.reason))
+                for s in settled
+                if s.microbatch in self.micro
+            ]
+            for m in finished:
+                self.micro.pop(m, None)
+        _fire(fire)
 
     # ------------------------------------------------------------------ actions
 
@@ -195,45 +244,33 @@ class PipelineCore:
         self.log.append(entry)
         return entry
 
-    def abandon(self, reason: str) -> int:
-        """Report every unfinished microbatch as dropped (shutdown without flush)."""
-        with self.lock:
-            left = [mb for mb in self.micro.values() if mb.terminal is None or mb.terminal >= 0]
-            self.micro.clear()
-            self.windows.clear()
-        _fire([(mb.callbacks, LearnOutcome(False, reason)) for mb in left])
-        return sum(len(mb.callbacks) for mb in left)
-
-    def _lane_knobs(self, action: Action) -> tuple[bool, bool]:
-        w = self.plan.workers[action.worker]
-        return w.recompute, w.omit[action.stage]
-
     def _forward(self, a: Action) -> LogEntry:
         s, m = a.stage, a.microbatch
         st, mb = self.stages[s], self.micro[m]
-        recompute, omitted = self._lane_knobs(a)
+        recompute = self.plan.workers[a.worker].recompute
         with st.store.lock:
             version = st.store.pin()
-            entry = LogEntry(a, (version.number,), version.number)
-            self._log(entry)
+            self.book.forward(a)
+            entry = self._log(LogEntry(a, (version.number,), version.number))
         ctx = StageContext(version.number, version, recompute)
         x = mb.x if s == 0 else mb.acts.pop(s - 1)
         loss_fn = self._loss_fn(mb.y, mb.x) if st.runner.last else None
         out = st.runner.forward(ctx, version.tensors, x, loss_fn)
         if st.runner.last and loss_fn is not None:
-            with self.lock:
-                mb.diverged = self.guard.check_loss(float(out))
-                if mb.diverged is not None:
-                    self.guard.refused(mb.diverged)
-        if omitted:
-            with st.store.lock:
+            diverged = self.guard.check_loss(float(out))
+            if diverged is not None:
+                self.book.mark_diverged(m, diverged)
+                self.guard.refused(diverged)
+        with st.store.lock:
+            still_current = self.book.forward_done(a)
+            if a.lane in self.book.omitted:
                 st.store.unpin(version)
                 ctx.version = None
-                if st.store.current.number != ctx.version_number:
+                if still_current:
+                    st.omitted_ctx.add(ctx)
+                else:
                     ctx.stale = True
                     ctx.release()
-                else:
-                    st.omitted_ctx.add(ctx)
         mb.ctx[s] = ctx
         if not st.runner.last:
             mb.acts[s] = out
@@ -244,31 +281,27 @@ class PipelineCore:
         st, mb = self.stages[s], self.micro[m]
         ctx = mb.ctx.pop(s)
         grad_out = None if st.runner.last else mb.grads.pop(s + 1)
-        skip = not st.runner.last and grad_out is None
         # The decision (and the log entry) happens under the store lock, so a replay in log order
         # sees exactly the versions this backward saw.
         with st.store.lock:
-            if not skip and ctx.version is None:  # omitted lane: compute only at the forwarded version
-                st.omitted_ctx.discard(ctx)
-                ctx.version = None if ctx.stale else st.store.pin_if_current(ctx.version_number)
-                skip = ctx.version is None
-                if skip:
-                    self.skipped_backwards += 1
-            entry = self._log(LogEntry(a, (ctx.version_number,), -1, skipped=skip))
-            if skip:
-                st.omitted_ctx.discard(ctx)
-                if ctx.version is not None:
-                    st.store.unpin(ctx.version)
-        if skip:
+            decision = self.book.backward(a)
+            st.omitted_ctx.discard(ctx)
+            if decision.pin:  # omitted lane, its forwarded version still current
+                ctx.version = st.store.pin_if_current(ctx.version_number)
+            entry = self._log(LogEntry(a, (ctx.version_number,), NO_CURRENT, skipped=not decision.compute))
+            if not decision.compute and ctx.version is not None:
+                st.store.unpin(ctx.version)
+        if not decision.compute:
             ctx.release()
             mb.grads[s] = None
-            self._skipped(m, mb, s)
+            self._report(decision.settled, decision.finished)
             return entry
-        assert ctx.version is not None
+        version = ctx.version
+        assert version is not None
         loss_fn = self._loss_fn(mb.y, mb.x) if st.runner.last else None
-        grads, grad_in = st.runner.backward(ctx, ctx.version.tensors, grad_out, loss_fn)
+        grads, grad_in = st.runner.backward(ctx, version.tensors, grad_out, loss_fn)
         if self.extra_grad is not None:  # OCL parameter regulariser (MAS), at the pinned version
-            extra = self.extra_grad(self.param_names[s], ctx.version.tensors)
+            extra = self.extra_grad(self.param_names[s], version.tensors)
             if extra is not None:
                 grads = [g if e is None else g + e for g, e in zip(grads, extra, strict=True)]
         if s > 0:
@@ -276,47 +309,23 @@ class PipelineCore:
         if self.probe is not None:
             self.probe("grad", microbatch=m, stage=s, version=ctx.version_number, grads=grads)
         with self.lock:
-            self.windows.setdefault(a.lane, []).append(_Entry(m, grads, ctx.version))
-            mb.lowest = s
-            if s == 0:
-                mb.terminal = 0
-                mb.backward_done = True
+            self.book.backward_done(a, ctx.version_number)
+            self.waiting[(s, m)] = grads
         return entry
-
-    def _skipped(self, m: int, mb: _Micro, s: int) -> None:
-        fire: list[tuple[list[DoneCallback | None], LearnOutcome]] = []
-        with self.lock:
-            if mb.terminal is None and mb.lowest is None:
-                mb.terminal = -1
-                fire.append((mb.callbacks, LearnOutcome(False, "omitted: stale at the last stage")))
-            elif mb.terminal is None:
-                mb.terminal = mb.lowest
-            if s == 0:
-                mb.backward_done = True
-            fire += self._settle(m, mb)
-        _fire(fire)
-
-    def _settle(self, m: int, mb: _Micro) -> list[tuple[list[DoneCallback | None], LearnOutcome]]:
-        """Call with ``self.lock`` held: the outcome to report, and forget finished microbatches."""
-        out = []
-        if mb.terminal is not None and mb.terminal >= 0 and mb.terminal in mb.applied:
-            out.append((mb.callbacks, LearnOutcome(mb.diverged is None, mb.diverged or "")))
-            mb.terminal = -2
-        if mb.backward_done and mb.terminal is not None and mb.terminal < 0:
-            self.micro.pop(m, None)
-        return out
 
     def _update(self, a: Action) -> LogEntry:
         s = a.stage
         st = self.stages[s]
         with self.lock:
-            entries = self.windows.pop(a.lane, [])
-            flagged = {e.microbatch for e in entries if (mb := self.micro.get(e.microbatch)) and mb.diverged}
+            entries, flagged = self.book.begin_update(a)
+            grads = [self.waiting.pop((s, e.microbatch)) for e in entries]
         if not entries:
-            return self._log(LogEntry(a, (), -1, skipped=True))
+            return self._log(LogEntry(a, (), NO_CURRENT, skipped=True))
+        pinned = tuple(e.version for e in entries)
         with st.writer_lock:
             cur = st.store.current
-            kept = [e for e in entries if e.microbatch not in flagged]
+            versions = [st.store.get(v) for v in pinned]
+            kept = [(g, v) for e, g, v in zip(entries, grads, versions, strict=True) if e.microbatch not in flagged]
             refused: str | None = None
             new: tuple[Tensor, ...] | None = None
             if kept:
@@ -324,16 +333,14 @@ class PipelineCore:
                 refused = self.guard.check_update(cur.tensors, new)
                 if refused is not None:
                     self.guard.refused(refused)
+            publish = new is not None and refused is None
             with st.store.lock:
-                for e in entries:
-                    st.store.unpin(e.version)
-                if new is None or refused is not None:
-                    entry = self._log(LogEntry(a, tuple(e.version.number for e in entries), cur.number, skipped=True))
-                    version = None
-                else:
-                    version = st.store.publish(new)
-                    entry = LogEntry(a, tuple(e.version.number for e in entries), cur.number)
-                    self._log(entry)
+                for v in versions:
+                    st.store.unpin(v)
+                result = self.book.end_update(a, entries, flagged, publish=publish, refused=refused)
+                version = st.store.publish(new) if publish and new is not None else None
+                entry = self._log(LogEntry(a, pinned, cur.number, skipped=version is None))
+                if version is not None:
                     for ctx in [c for c in st.omitted_ctx if c.version_number != version.number]:
                         ctx.stale = True
                         ctx.release()
@@ -342,36 +349,22 @@ class PipelineCore:
                 st.optim = optim
                 if st.average is not None:
                     st.average.update(version.tensors)
-                st.updates += 1
         if self.probe is not None and version is not None:
             self.probe("publish", stage=s, version=version.number, tensors=version.tensors)
-        fire = []
-        with self.lock:
-            for e in entries:
-                mb = self.micro.get(e.microbatch)
-                if mb is not None:
-                    if refused is not None and mb.diverged is None:
-                        mb.diverged = refused
-                    mb.applied.add(s)
-                    fire += self._settle(e.microbatch, mb)
-        _fire(fire)
+        self._report(result.settled, result.finished)
         return entry
 
     def _step(
-        self, s: int, st: StageState, cur: Version, entries: list[_Entry]
+        self, s: int, st: StageState, cur: Version, kept: list[tuple[list[Tensor], Version]]
     ) -> tuple[tuple[Tensor, ...], OptimStates]:
         """Compensate and average the window's gradients; the optimiser's new weights and state."""
         applied: list[list[Tensor]] = []
-        for e in entries:
-            tau = cur.number - e.version.number
-            st.staleness_max = max(st.staleness_max, tau)
-            st.staleness_sum += tau
-            st.staleness_n += 1
+        for grads, version in kept:
             if self.compensator is None:
-                applied.append(e.grads)
+                applied.append(grads)
             else:
-                deltas = st.store.deltas_since(e.version.number)
-                applied.append(self.compensator.compensate(s, e.grads, e.version.tensors, cur.tensors, deltas))
+                deltas = st.store.deltas_since(version.number)
+                applied.append(self.compensator.compensate(s, grads, version.tensors, cur.tensors, deltas))
         if len(applied) == 1:
             total = applied[0]
         else:
@@ -445,9 +438,9 @@ class PipelineCore:
                 "stage": j,
                 "device": str(st.runner.device),
                 "version": st.store.current.number,
-                "updates": st.updates,
-                "max_staleness": st.staleness_max,
-                "mean_staleness": st.staleness_sum / st.staleness_n if st.staleness_n else 0.0,
+                "updates": self.book.updates[j],
+                "max_staleness": self.book.staleness_max[j],
+                "mean_staleness": self.book.mean_staleness(j),
                 "live_versions": st.store.live_versions(),
                 "max_live_versions": st.store.max_live,
                 "version_bytes": st.store.bytes_held(),

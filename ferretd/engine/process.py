@@ -49,7 +49,6 @@ import torch.multiprocessing  # registers the shared-tensor reductions on pipes
 from torch import Tensor, nn
 
 from ferretd.engine.core import PipelineCore
-from ferretd.engine.learner import LearnOutcome
 from ferretd.engine.runtime import RealtimeExecutor
 from ferretd.engine.schedule import Action, Lane
 from ferretd.engine.stage import StageContext, StageRunner
@@ -348,44 +347,19 @@ class ProcessExecutor(RealtimeExecutor):
             proc.kill()
         # gradients already computed are good: apply them (U runs in this process)
         for s in range(core.num_stages):
-            with core.lock:
-                pending = core.windows.get((w, s), [])
-                last = pending[-1].microbatch if pending else None
+            last = core.window_tail(w, s)
             if last is not None:
                 core.execute(Action(w, s, "U", last))
-        with core.lock:
-            mine = {m for m, mb in core.micro.items() if mb.worker == w}
-        self._drop_microbatches(mine)
+        self._drop_microbatches(core.microbatches_of(w))
         with self.cond:
-            remove = getattr(self.program, "remove_worker", None)
-            if remove is not None:
-                remove(w)
+            self.program.remove_worker(w)
             self._notify_all()
             self.cond.notify_all()
         if self.on_worker_lost is not None:
             self.on_worker_lost(w)
 
     def _drop_microbatches(self, ids: set[int]) -> None:
-        core = self.core
-        fire = []
-        with core.lock:
-            for m in ids:
-                mb = core.micro.pop(m, None)
-                if mb is None:
-                    continue
-                for s, ctx in list(mb.ctx.items()):
-                    if ctx.version is not None:
-                        core.stages[s].store.unpin(ctx.version)
-                        ctx.version = None
-                    ctx.out = None
-                    ctx.release()
-                if mb.terminal is None or mb.terminal >= 0:  # not yet reported either way
-                    fire.append(mb.callbacks)
-                    mb.terminal = -1
-        for callbacks in fire:
-            for cb in callbacks:
-                if cb is not None:
-                    cb(LearnOutcome(False, WORKER_LOST))
+        self.core.drop_microbatches(ids, WORKER_LOST)
 
     def close(self) -> None:
         super().close()

@@ -60,12 +60,8 @@ class VirtualExecutor:
         self.clock.run(until=at)
 
     def drain(self, timeout: float | None = None) -> bool:
-        flushing = getattr(self.program, "flushing", None)
-        if flushing is not None:
-            self.program.flushing = True  # type: ignore[attr-defined]
-        self.clock.run()
-        if flushing is not None:
-            self.program.flushing = False  # type: ignore[attr-defined]
+        with self.program.flushing():
+            self.clock.run()
         return not self.program.pending()
 
     def utilisation(self) -> dict[str, float]:
@@ -140,18 +136,13 @@ class RealtimeExecutor:
         return self.error is not None or (self.running == 0 and not self.program.pending())
 
     def drain(self, timeout: float | None = None) -> bool:
-        with self.cond:
-            flushing = hasattr(self.program, "flushing")
-            if flushing:
-                self.program.flushing = True  # type: ignore[attr-defined]
+        with self.cond, self.program.flushing():
             self._notify_all()
             self._draining += 1
             try:
                 ok = self.cond.wait_for(self._idle, timeout)
             finally:
                 self._draining -= 1
-            if flushing:
-                self.program.flushing = False  # type: ignore[attr-defined]
             self._raise()
             return ok
 

@@ -1,14 +1,10 @@
 """Dry run of a schedule without tensors: deadlock, per-stage staleness and live versions.
 
 Role: lets tests, the planner and humans check a schedule (static, or the learner's online
-program) before running it. The bookkeeping mirrors the engine's rules exactly (core.py):
-
-* ``F`` pins the stage's current version; ``U`` applies every gradient gathered since the lane's
-  last ``U``, with staleness ``current - pinned`` each, publishes one new version (none when the
-  window holds no gradient) and unpins.
-* Backprop omission (T3) on lane (n, j): the forward keeps no pin; at ``B`` the stage computes
-  only if its current version is still the forwarded one (then it pins it until ``U``), else the
-  backward is skipped there and every upstream ``B`` of that microbatch is skipped too.
+program) before running it. It drives the engine's own tensor-free rules
+(:class:`~ferretd.engine.bookkeeping.Bookkeeping`: pins, backprop omission, accumulation windows,
+settling), the same object core.py drives with tensors, so the dry run cannot drift from the
+engine (a property test runs random schedules through both and compares their books).
 
 A deadlock (work left that can never become ready) is reported with the grid of
 :func:`~ferretd.engine.schedule.render_grid`.
@@ -21,10 +17,10 @@ Each component peaks at its own moment; the planner uses this joint peak as its 
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from ferretd.engine.bookkeeping import Bookkeeping, Settlement
 from ferretd.engine.clock import LaneProgram, StaticProgram, VirtualClock, cost_function
 from ferretd.engine.schedule import Action, Lane, Schedule, render_grid
 
@@ -40,6 +36,8 @@ class SimReport:
     updates: list[int]
     skipped_backwards: int
     peak_held_bytes: int = 0
+    settled: list[Settlement] = field(default_factory=list)  # microbatches reported, in order
+    pins: list[dict[int, int]] = field(default_factory=list)  # per stage: version -> pins left at the end
     events: list[tuple[Action, float, float]] = field(default_factory=list)
     grid: str = ""
     stuck: dict[Lane, str] = field(default_factory=dict)
@@ -53,87 +51,41 @@ class SimReport:
         )
 
 
-class _Book:
-    """Version bookkeeping of the engine, without tensors."""
+class _DryRun:
+    """Drives the engine's :class:`Bookkeeping` without tensors; tracks the joint memory peak."""
 
-    def __init__(
-        self,
-        num_stages: int,
-        omit: Collection[Lane],
-        stage_bytes: Sequence[int] | None = None,
-        keep_deltas: bool = False,
-    ) -> None:
-        self.p = num_stages
+    def __init__(self, book: Bookkeeping, stage_bytes: Sequence[int] | None, keep_deltas: bool) -> None:
+        self.book = book
         self.stage_bytes = list(stage_bytes) if stage_bytes is not None else None
         self.keep_deltas = keep_deltas
         self.peak_held = 0
-        self.omit = set(omit)
-        self.current = [0] * num_stages
-        self.pins: list[Counter[int]] = [Counter() for _ in range(num_stages)]
-        self.forwarded: dict[tuple[int, int], int] = {}
-        self.window: dict[Lane, list[int]] = {}
-        self.skip: set[int] = set()
-        self.staleness: list[list[int]] = [[] for _ in range(num_stages)]
-        self.max_live = [1] * num_stages
-        self.updates = [0] * num_stages
-        self.skipped = 0
+        self.settled: list[Settlement] = []
 
-    def _live_count(self, s: int) -> int:
-        return len({v for v, c in self.pins[s].items() if c > 0} | {self.current[s]})
-
-    def _live(self, s: int) -> None:
-        self.max_live[s] = max(self.max_live[s], self._live_count(s))
+    def execute(self, a: Action) -> None:
+        book = self.book
+        if a.kind == "F":
+            book.forward(a)
+            book.forward_done(a)
+        elif a.kind == "B":
+            decision = book.backward(a)
+            if decision.compute:
+                book.backward_done(a, decision.version)
+            self.settled += decision.settled
+        else:
+            self.settled += book.apply_update(a).settled
+        self._held()
 
     def _held(self) -> None:
         if self.stage_bytes is None:
             return
-        grads = [0] * self.p
-        for (_worker, s), window in self.window.items():
-            grads[s] += len(window)
+        grads = [0] * self.book.num_stages
+        for (_worker, s), n in self.book.window_lengths().items():
+            grads[s] += n
         total = 0
         for s, w in enumerate(self.stage_bytes):
-            live = self._live_count(s)
+            live = self.book.live_count(s)
             total += w * (live + (live - 1 if self.keep_deltas else 0) + grads[s])
         self.peak_held = max(self.peak_held, total)
-
-    def execute(self, a: Action) -> None:
-        self._execute(a)
-        self._held()
-
-    def _execute(self, a: Action) -> None:
-        s, m = a.stage, a.microbatch
-        if a.kind == "F":
-            v = self.current[s]
-            self.forwarded[(m, s)] = v
-            if a.lane not in self.omit:
-                self.pins[s][v] += 1
-            self._live(s)
-        elif a.kind == "B":
-            v = self.forwarded.pop((m, s))
-            omitted = a.lane in self.omit
-            if m in self.skip or (omitted and self.current[s] != v):
-                if not omitted:
-                    self.pins[s][v] -= 1
-                if m not in self.skip:
-                    self.skipped += 1
-                self.skip.add(m)
-                if s == 0:
-                    self.skip.discard(m)
-                return
-            if omitted:
-                self.pins[s][v] += 1
-            self.window.setdefault(a.lane, []).append(v)
-        else:
-            pinned = self.window.pop(a.lane, [])
-            if not pinned:
-                return
-            for v in pinned:
-                self.staleness[s].append(self.current[s] - v)
-            for v in pinned:
-                self.pins[s][v] -= 1
-            self.current[s] += 1
-            self.updates[s] += 1
-            self._live(s)
 
 
 def simulate(
@@ -154,29 +106,32 @@ def simulate(
             raise ValueError("an online program needs owner = {microbatch: worker}")
         owner = schedule.owner
     cost_fn = cost if callable(cost) else cost_function(cost, recompute_workers)
-    book = _Book(program.num_stages, omit, stage_bytes, keep_deltas)
-    clock = VirtualClock(program, cost_fn, book.execute)
+    book = Bookkeeping(program.num_stages, omit)
+    for m in sorted(owner):
+        book.admit(m, owner[m])
+    dry = _DryRun(book, stage_bytes, keep_deltas)
+    clock = VirtualClock(program, cost_fn, dry.execute)
     clock.arrive_all(owner, arrivals)
-    flushing = hasattr(program, "flushing")
-    if flushing:
-        program.flushing = True  # type: ignore[attr-defined]
-    clock.run()
-    deadlock = program.pending()
+    with program.flushing():
+        clock.run()
+        deadlock = program.pending()
     stuck = clock.stuck() if deadlock else {}
     n_workers = 1 + max((ln[0] for ln in program.lanes), default=0)
     grid = render_grid(clock.events, program.num_stages, n_workers, stuck)
     makespan = max((end for _, _, end in clock.events), default=0.0)
-    st = book.staleness
+    stages = range(program.num_stages)
     return SimReport(
         ok=not deadlock,
         deadlock=deadlock,
         makespan=makespan,
-        max_staleness=[max(x, default=0) for x in st],
-        mean_staleness=[sum(x) / len(x) if x else 0.0 for x in st],
-        max_live_versions=book.max_live,
-        updates=book.updates,
+        max_staleness=list(book.staleness_max),
+        mean_staleness=[book.mean_staleness(s) for s in stages],
+        max_live_versions=list(book.max_live),
+        updates=list(book.updates),
         skipped_backwards=book.skipped,
-        peak_held_bytes=book.peak_held,
+        peak_held_bytes=dry.peak_held,
+        settled=dry.settled,
+        pins=[book.pinned(s) for s in stages],
         events=clock.events,
         grid=grid,
         stuck=stuck,
