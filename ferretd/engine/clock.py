@@ -18,7 +18,12 @@ Dependencies (``deps``): ``F(j,m)`` needs ``F(j-1,m)`` (stage 0: the microbatch'
 :class:`VirtualClock` is single-threaded: microbatches arrive at given times, an action starts
 when its lane is free and its dependencies are done, occupies the lane for its cost, and its
 math runs at its start time; ties are broken by lane order (stage, then worker), so a run is
-fully deterministic.
+fully deterministic. ``devices`` (None: one processor per lane) makes the lanes share that many
+identical devices: an action also needs a free device, so a plan with more lanes than devices
+runs no more than ``devices`` actions at once (the equal-hardware comparison of bench_paper).
+
+:func:`cost_function` is the virtual cost of an action: a per-(stage, kind) table, and a
+recomputing worker's backward also pays its stage's forward again.
 """
 
 from __future__ import annotations
@@ -207,8 +212,13 @@ class VirtualClock:
         execute: Callable[[Action], None],
         *,
         keep_events: bool = True,
+        devices: int | None = None,
     ) -> None:
+        if devices is not None and devices < 1:
+            raise ValueError(f"devices must be >= 1 or None, got {devices}")
         self.program = program
+        self.devices = devices
+        self._running: list[float] = []  # end times of the actions occupying a device
         self.cost = cost
         self.execute = execute
         self.now = 0.0
@@ -246,7 +256,7 @@ class VirtualClock:
             while progressed:
                 progressed = False
                 for lane in self.program.lanes:
-                    if self.lane_free[lane] > self.now:
+                    if self.lane_free[lane] > self.now or not self._device_free():
                         continue
                     action = self.program.next_action(lane, self._ready)
                     if action is None:
@@ -257,6 +267,8 @@ class VirtualClock:
                     end = self.now + cost
                     self.lane_free[lane] = end
                     self.busy[lane] += cost
+                    if self.devices is not None and cost > 0:
+                        self._running.append(end)
                     if action.kind == "B" and action.stage == 0:
                         self._forget(action.microbatch)
                     elif action.kind != "U":  # nothing waits on an update
@@ -272,6 +284,12 @@ class VirtualClock:
                     self.now = max(self.now, until)  # every event up to ``until`` has happened
                 return
             self.now = min(later)
+
+    def _device_free(self) -> bool:
+        if self.devices is None:
+            return True
+        self._running = [t for t in self._running if t > self.now]
+        return len(self._running) < self.devices
 
     def stuck(self) -> dict[Lane, str]:
         return {ln: self.program.describe_wait(ln) for ln in self.program.lanes if self.program.describe_wait(ln)}

@@ -96,6 +96,8 @@ class StageState:
 class PipelineCore:
     """Stages, versions, windows and the action log of one plan."""
 
+    window_reduce = "mean"  # "sum": an accumulation window sums its gradients (bench_paper's rule)
+
     def __init__(
         self,
         model: nn.Sequential,
@@ -368,7 +370,8 @@ class PipelineCore:
         if len(applied) == 1:
             total = applied[0]
         else:
-            total = [torch.stack(gs).sum(0) / len(gs) for gs in zip(*applied, strict=True)]
+            scale = len(applied) if self.window_reduce == "mean" else 1
+            total = [torch.stack(gs).sum(0) / scale for gs in zip(*applied, strict=True)]
         return optimizer_step(cur.tensors, total, st.optim, self.training)
 
     # ------------------------------------------------------------------ model views
