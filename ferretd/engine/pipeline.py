@@ -3,21 +3,16 @@
 Role: what the daemon drives. Samples are routed ``i -> active worker i mod N_active``; each
 worker forms microbatches of ``training.microbatch`` samples (OCL ``augment`` / ``observe`` run
 here, in the caller's thread), which enter that worker's async 1F1B pipeline
-(:class:`~ferretd.engine.clock.OnlineProgram`) on the chosen executor:
-
-* ``executor="realtime"``: one thread per lane; ``on_done`` fires from a lane thread.
-* ``executor="virtual"``: deterministic; sample ``i`` arrives at virtual time ``i * t_d`` and
-  actions cost ``cost[(stage, kind)]`` seconds; ``learn_one`` runs the clock up to the arrival.
-* ``executor="process"``: the thread lanes with every F and B computed in one worker process
-  per lane (:mod:`ferretd.engine.process`; CPU stages without OCL losses, else the thread
-  executor is used and a warning logged). A lost worker process drops to the remaining workers
-  (``active`` shrinks); when none is left the thread executor takes over the same core.
+(:class:`~ferretd.engine.clock.OnlineProgram`) on the executor ``executor`` names (a kind or an
+:class:`~ferretd.engine.executors.ExecutorSpec`, built by ``build_executor``; see executors.py):
+``realtime`` fires ``on_done`` from a lane thread; ``virtual`` runs the clock up to each
+sample's arrival inside ``learn_one``; ``process`` computes F and B in worker processes, and a
+lost worker process drops to the remaining workers (``active`` shrinks); when none is left the
+thread lanes take over the same core.
 
 Devices (``devices="auto"``): a stage the plan puts on ``"cpu"``/``"auto"`` runs on
 ``cuda:(j mod ngpu)`` when CUDA is present; a plan naming a CUDA device is obeyed;
-``devices="plan"`` uses the plan's devices as written. Every lane thread sets its torch
-intra-op threads to ``max(1, cores // cpu_lanes)``, never more than the constructing thread's
-own setting (a per-thread setting; the caller's thread is left as it is).
+``devices="plan"`` uses the plan's devices as written.
 
 ``apply_plan`` drains in-flight microbatches (partial windows applied), keeps weights,
 optimiser state and averaged weights (by full-model parameter name) and rebuilds stages,
@@ -34,9 +29,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import os
-from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import structlog
@@ -45,18 +38,17 @@ from torch import Tensor, nn
 
 from ferretd.compensation.base import Compensator
 from ferretd.config import Config, TrainingConfig
-from ferretd.engine.clock import OnlineProgram, cost_function
+from ferretd.engine.clock import OnlineProgram
 from ferretd.engine.core import PipelineCore
+from ferretd.engine.executors import DEFAULT_LOG_LIMIT as DEFAULT_LOG_LIMIT  # re-exported: the planner counts it
+from ferretd.engine.executors import Executor, ExecutorSpec, build_executor
 from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner, ema_decay_for, load_extras
 from ferretd.engine.optim import DivergenceGuard
 from ferretd.engine.plan import Plan
-from ferretd.engine.runtime import RealtimeExecutor, VirtualExecutor
-from ferretd.engine.schedule import Action
 from ferretd.models.normalize import RunningNorm, make_norm_for, wrap_export
 from ferretd.ocl.base import OclMethod
 from ferretd.ocl.view import ModelView
 
-DEFAULT_LOG_LIMIT = 256  # action-log entries kept (debugging, replay tests pass None); the planner counts them
 log = structlog.get_logger(__name__)
 
 
@@ -83,31 +75,18 @@ class PipelineLearner(OnlineLearner):
         training: TrainingConfig,
         compensator: Compensator | None = None,
         ocl: OclMethod | None = None,
-        executor: Literal["realtime", "virtual", "process"] = "realtime",
+        executor: ExecutorSpec | str = "realtime",
         *,
-        cost: Mapping[tuple[int, str], float] | None = None,
-        t_d: float = 0.0,
         devices: str = "auto",
-        jitter: Callable[[Action], None] | None = None,
-        record_inputs: bool = False,
-        log_limit: int | None = DEFAULT_LOG_LIMIT,
         norm: RunningNorm | None = None,
         ema_decay: float | None = None,
     ) -> None:
-        if executor not in ("realtime", "virtual", "process"):
-            raise ValueError(f"executor must be 'realtime', 'virtual' or 'process', got {executor!r}")
+        self.spec = ExecutorSpec.of(executor)
         self.template = copy.deepcopy(model)
         self.training = training
         self.compensator = compensator
         self.ocl = ocl
-        self.executor_kind = executor
-        self.cost = cost_function(cost)
-        self.cost_table = cost  # the virtual executor's costs; recompute is charged per plan in _build
-        self.t_d = t_d
         self.device_policy = devices
-        self.jitter = jitter
-        self.record_inputs = record_inputs
-        self.log_limit = log_limit
         self.norm = norm
         self.ema_decay = ema_decay
         self.guard = DivergenceGuard.from_config(training)
@@ -135,8 +114,8 @@ class PipelineLearner(OnlineLearner):
             devices=devs,
             extra_loss=self.ocl.extra_loss if self.ocl is not None and self.ocl.uses_extra_loss else None,
             extra_grad=self.ocl.extra_grad if self.ocl is not None and self.ocl.uses_extra_grad else None,
-            record_inputs=self.record_inputs,
-            log_limit=self.log_limit,
+            record_inputs=self.spec.record_inputs,
+            log_limit=self.spec.log_limit,
             guard=self.guard,
             ema_decay=self.ema_decay,
         )
@@ -147,28 +126,7 @@ class PipelineLearner(OnlineLearner):
         self.active = plan.active_workers
         acc = {(w, s): plan.workers[w].accumulation[s] for w in self.active for s in range(plan.num_stages)}
         self.program = OnlineProgram(plan.num_stages, acc)
-        if self.executor_kind == "virtual":
-            recompute = [n for n in self.active if plan.workers[n].recompute]
-            cost = cost_function(self.cost_table, recompute_workers=recompute)
-            self.executor: VirtualExecutor | RealtimeExecutor = VirtualExecutor(self.core, self.program, cost)
-        else:
-            cpu_lanes = sum(1 for (_, s) in self.program.lanes if devs[s].type == "cpu")
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-            threads = max(1, min(torch.get_num_threads(), cores // max(1, cpu_lanes)))
-            self.executor = self._lanes(threads)
-
-    def _lanes(self, threads: int) -> RealtimeExecutor:
-        """Thread lanes, or lanes computing in worker processes (``executor="process"``)."""
-        if self.executor_kind == "process":
-            from ferretd.engine.process import ProcessExecutor
-
-            try:
-                return ProcessExecutor(
-                    self.core, self.program, threads=threads, jitter=self.jitter, on_worker_lost=self._worker_lost
-                )
-            except ValueError as exc:
-                log.warning("process_executor_unavailable", reason=str(exc))
-        return RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=threads)
+        self.executor: Executor = build_executor(self.spec, self.core, self.program, self._worker_lost)
 
     def _worker_lost(self, worker: int) -> None:
         """A process worker died (called from a lane): route new samples to the others."""
@@ -180,7 +138,9 @@ class PipelineLearner(OnlineLearner):
         self.active = self.plan.active_workers
         acc = {(w, s): self.plan.workers[w].accumulation[s] for w in self.active for s in range(self.plan.num_stages)}
         self.program = OnlineProgram(self.plan.num_stages, acc)
-        self.executor = RealtimeExecutor(self.core, self.program, jitter=self.jitter, threads=1)
+        self.executor = build_executor(
+            dataclasses.replace(self.spec, kind="realtime", threads=1), self.core, self.program
+        )
 
     def current_weights(self) -> dict[str, Tensor]:
         """Current published weights by full-model name, without a copy (versions are immutable)."""
@@ -230,7 +190,7 @@ class PipelineLearner(OnlineLearner):
             self._thread_fallback()
         worker = self.active[i % len(self.active)]
         buf = self._buffers.setdefault(worker, [])
-        buf.append((x, int(y), on_done, i * self.t_d))
+        buf.append((x, int(y), on_done, i * self.spec.t_d))
         if len(buf) >= self.training.microbatch:
             self._emit(worker)
 
@@ -315,7 +275,7 @@ class PipelineLearner(OnlineLearner):
         stats = self.core.stats()
         return {
             "engine": "pipeline",
-            "executor": getattr(self.executor, "kind", self.executor_kind),  # what runs (process may fall back)
+            "executor": self.executor.kind,  # what runs (process may fall back)
             "stages": self.plan.num_stages,
             "workers": len(self.active),
             "in_flight_microbatches": self.core.in_flight(),

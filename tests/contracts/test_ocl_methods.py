@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ferretd.config import OCL_METHOD_NAMES, Config, ModelConfig, OclConfig, PipelineConfig, TrainingConfig
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.learners import make_learner
@@ -54,8 +55,7 @@ def build(name: str, plan: Plan, executor: str = "virtual", optimizer: str = "sg
         plan,
         TrainingConfig(lr=LR if optimizer == "sgd" else 0.01, optimizer=optimizer),
         ocl=ocl,
-        executor=executor,
-        t_d=t_d,  # type: ignore[arg-type]
+        executor=ExecutorSpec.virtual(t_d=t_d) if executor == "virtual" else executor,
     )
 
 

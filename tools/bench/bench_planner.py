@@ -58,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.clock import cost_function
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.learner import PrequentialScore
 from ferretd.engine.plan import Plan
 from ferretd.models import convnet, mlp
@@ -91,7 +92,7 @@ def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: 
     training = TrainingConfig(lr=lr, microbatch=profile.microbatch, momentum=0.0)
     table = profile.cost_table(plan.stage_blocks())
     learner = PipelineLearner(
-        model, plan, training, compensator, executor="virtual", cost=table, t_d=t_d, log_limit=LOG_LIMIT
+        model, plan, training, compensator, executor=ExecutorSpec.virtual(table, t_d=t_d, log_limit=LOG_LIMIT)
     )
     recompute = [n for n, w in enumerate(plan.workers) if w.recompute]
     learner.executor.clock.cost = cost_function(table, recompute_workers=recompute)

@@ -13,6 +13,7 @@ from torch import nn
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.core import PipelineCore
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.engine.runtime import replay, run_schedule
@@ -112,9 +113,8 @@ def test_flush_schedule_gradients_equal_the_unpipelined_reference(
 
 
 def _learner_run(model, plan, x, y, **kw):
-    learner = PipelineLearner(
-        model, plan, TR, executor="virtual", devices="plan", record_inputs=True, log_limit=None, **kw
-    )
+    spec = ExecutorSpec.virtual(record_inputs=True, log_limit=None)
+    learner = PipelineLearner(model, plan, TR, executor=spec, devices="plan", **kw)
     for xi, yi in zip(x, y, strict=True):
         learner.learn_one(xi, int(yi))
     assert learner.flush()
@@ -189,7 +189,9 @@ def test_every_gradient_equals_a_fresh_autograd_grad_at_its_pinned_versions(make
     x, y = stream(30)
     model = make_mlp()
     plan = Plan.uniform(3, Plan.even_partition(3, p), workers=workers, recompute=recompute, omit_stages=omit)
-    learner = PipelineLearner(model, plan, TR, executor="virtual", devices="plan", record_inputs=True, log_limit=None)
+    learner = PipelineLearner(
+        model, plan, TR, executor=ExecutorSpec.virtual(record_inputs=True, log_limit=None), devices="plan"
+    )
     core = learner.core
     history = {j: {0: core.stages[j].store.current.tensors} for j in range(p)}
     grads = []

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ferretd.config import TrainingConfig
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.learner import LearnOutcome
 from ferretd.engine.pipeline import PipelineLearner, resolve_devices
 from ferretd.engine.plan import Plan
@@ -36,7 +37,7 @@ def test_every_sample_is_reported_exactly_once(make_mlp, stream, executor):
 def test_samples_dropped_at_the_last_stage_are_reported(make_mlp, stream):
     x, y = stream(24)
     plan = Plan.uniform(3, Plan.even_partition(3, 3), workers=3, omit_stages=(0, 1, 2))
-    learner = PipelineLearner(make_mlp(), plan, TrainingConfig(microbatch=1), executor="virtual", t_d=0.5)
+    learner = PipelineLearner(make_mlp(), plan, TrainingConfig(microbatch=1), executor=ExecutorSpec.virtual(t_d=0.5))
     outcomes: list[LearnOutcome] = []
     _feed(learner, x, y, outcomes)
     assert learner.flush()
@@ -165,7 +166,7 @@ def test_virtual_executor_is_deterministic(make_mlp, stream):
     plan = Plan.uniform(3, (1, 2), workers=2)
     logs = []
     for _ in range(2):
-        learner = PipelineLearner(make_mlp(), plan, TR, executor="virtual", t_d=0.7, cost={(1, "B"): 3.0})
+        learner = PipelineLearner(make_mlp(), plan, TR, executor=ExecutorSpec.virtual({(1, "B"): 3.0}, t_d=0.7))
         _feed(learner, x, y)
         learner.flush()
         logs.append(list(learner.core.log))
@@ -186,7 +187,7 @@ def test_from_config_builds_model_compensator_and_ocl():
     )
     plan = Plan.uniform(3, (1, 2), workers=2)
     learner = PipelineLearner.from_config(config, plan)
-    assert learner.executor_kind == "virtual" and learner.compensator is not None
+    assert learner.spec.kind == "virtual" and learner.compensator is not None
     assert learner.ocl is not None and learner.ocl.name == "er"
     rng = np.random.default_rng(0)
     for i in range(8):
@@ -217,7 +218,7 @@ def test_in_flight_capacity_is_enough_to_finish_without_flush(make_mlp, stream, 
     x, y = stream(60)
     tr = TrainingConfig(lr=0.05, microbatch=2)
     plan = Plan.uniform(3, (1,), workers=workers, accumulation=accumulation)
-    learner = PipelineLearner(make_mlp(), plan, tr, executor="virtual", t_d=0.1)
+    learner = PipelineLearner(make_mlp(), plan, tr, executor=ExecutorSpec.virtual(t_d=0.1))
     cap = learner.in_flight_capacity()
     assert cap == workers * 2 * max(2, accumulation)
     outcomes: list[LearnOutcome] = []

@@ -12,6 +12,7 @@ import torch
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.core import PipelineCore
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.engine.process import WORKER_LOST, ProcessExecutor
@@ -23,7 +24,7 @@ TR = TrainingConfig(lr=0.1, momentum=0.9, microbatch=2)
 
 def _run(make_mlp, plan: Plan, executor: str, x: np.ndarray, y: np.ndarray) -> PipelineLearner:
     learner = PipelineLearner(
-        make_mlp(), plan, TR, executor=executor, devices="plan", record_inputs=True, log_limit=None
+        make_mlp(), plan, TR, executor=ExecutorSpec(executor, record_inputs=True, log_limit=None), devices="plan"
     )
     for xi, yi in zip(x, y, strict=True):
         learner.learn_one(xi, int(yi))

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.core import PipelineCore
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan, WorkerPlan
 from ferretd.engine.runtime import replay
@@ -43,7 +44,7 @@ def test_random_plans_keep_the_invariants(plan, t_d, microbatch):
     model = mlp((5,), 3, (6, 6))
     rng = np.random.default_rng(0)
     learner = PipelineLearner(
-        model, plan, tr, executor="virtual", t_d=t_d, devices="plan", record_inputs=True, log_limit=None
+        model, plan, tr, executor=ExecutorSpec.virtual(t_d=t_d, record_inputs=True, log_limit=None), devices="plan"
     )
     outcomes = []
     for i in range(12):

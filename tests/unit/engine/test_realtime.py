@@ -11,6 +11,7 @@ import torch
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.core import PipelineCore
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan, WorkerPlan
 from ferretd.engine.runtime import replay
@@ -43,11 +44,13 @@ def test_twenty_jittered_realtime_runs_each_equal_their_replay(make_mlp, stream)
             make_mlp(),
             plan,
             TR,
-            executor="realtime",
+            executor=ExecutorSpec(
+                "realtime",
+                record_inputs=True,
+                log_limit=None,
+                jitter=lambda _action, rng=rng: time.sleep(rng.random() * 0.002),
+            ),
             devices="plan",
-            record_inputs=True,
-            log_limit=None,
-            jitter=lambda _action, rng=rng: time.sleep(rng.random() * 0.002),
         )
         outcomes = []
         for xi, yi in zip(x, y, strict=True):

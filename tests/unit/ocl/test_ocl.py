@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ferretd.config import TrainingConfig
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.models import mlp
@@ -69,7 +70,11 @@ def test_engine_trains_on_replayed_samples_and_adds_extra_loss():
     model = mlp((4,), 3, (8,))
     er = ExperienceReplay(replay_bytes=1 << 16, replay_per_sample=1, seed=0)
     learner = PipelineLearner(
-        model, Plan.uniform(2, (1,)), TrainingConfig(microbatch=1), ocl=er, executor="virtual", record_inputs=True
+        model,
+        Plan.uniform(2, (1,)),
+        TrainingConfig(microbatch=1),
+        ocl=er,
+        executor=ExecutorSpec("virtual", record_inputs=True),
     )
     for i in range(6):
         learner.learn_one(torch.randn(4).numpy(), i % 3)

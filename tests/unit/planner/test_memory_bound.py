@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from ferretd.config import TrainingConfig
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import DEFAULT_LOG_LIMIT, PipelineLearner
 from ferretd.engine.plan import Plan
 from ferretd.models import convnet, mlp
@@ -96,7 +97,7 @@ def test_allocator_peak_within_bound(plan: Plan) -> None:
     torch.manual_seed(0)
     model = convnet(shape, 3, (8, 16))
     with AllocationRecorder() as rec:
-        learner = PipelineLearner(model, plan, training, executor="virtual", cost=cost, t_d=1e-6, log_limit=0)
+        learner = PipelineLearner(model, plan, training, executor=ExecutorSpec.virtual(cost, t_d=1e-6, log_limit=0))
         _feed(learner, 12 * mb * len(plan.active_workers), shape)
         learner.close()
         del learner

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from ferretd.config import CompensationConfig, TrainingConfig
 from ferretd.engine.clock import cost_function
+from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.pipeline import PipelineLearner
 from tools.bench.paper.plans import Strategy, build_model
 from tools.streams import Stream
@@ -176,7 +177,12 @@ def run_engine(
     table = profile.cost_table(plan.stage_blocks())
     model = build_model(stream.input_shape, stream.classes, seed)
     learner = StreamPipeline(
-        model, plan, TrainingConfig(lr=LR, microbatch=1), comp, ocl_method, executor="virtual", cost=table, log_limit=0
+        model,
+        plan,
+        TrainingConfig(lr=LR, microbatch=1),
+        comp,
+        ocl_method,
+        executor=ExecutorSpec.virtual(table, log_limit=0),
     )
     recompute = [n for n, w in enumerate(plan.workers) if w.recompute]
     learner.executor.clock.cost = cost_function(table, recompute_workers=recompute)  # type: ignore[union-attr]
