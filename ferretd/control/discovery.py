@@ -10,18 +10,17 @@ confused with the system's.
 
 Each candidate is probed with a plain connect (no ZeroMQ), which answers at once: a socket file
 nobody listens on (left by a clean stop) is "not running", not a 5 s timeout, and a socket or
-directory we may not open is reported as a permission problem. Stdlib only.
+directory we may not open is reported as a permission problem. Stdlib only; ``socket`` and
+``tomllib`` are imported when first needed (ferretctl's start-up time, README "ferretctl").
 """
 
 from __future__ import annotations
 
 import enum
 import os
-import socket
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SYSTEM_RUNTIME_DIR = "/run/ferretd"
 SYSTEM_CONFIG = "/etc/ferretd/ferretd.toml"
@@ -38,8 +37,7 @@ class Probe(enum.Enum):
     UNKNOWN = "unknown"  # could not tell (e.g. a tcp host that does not answer): let ZeroMQ try
 
 
-@dataclass(frozen=True)
-class Located:
+class Located(NamedTuple):
     endpoint: str | None
     problem: str = ""  # one line when endpoint is None
     denied: bool = False
@@ -58,6 +56,8 @@ def check_endpoint(endpoint: str) -> str:
 
 def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
     """Is something accepting connections at ``endpoint``? Answers without waiting on ZeroMQ."""
+    import socket
+
     if endpoint.startswith("ipc://"):
         return _probe_unix(endpoint[len("ipc://") :], timeout_s)
     host, _, port = endpoint[len("tcp://") :].rpartition(":")
@@ -71,6 +71,8 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S) -> Probe:
 
 
 def _probe_unix(path: str, timeout_s: float) -> Probe:
+    import socket
+
     address = "\0" + path[1:] if path.startswith("@") else path
     if not path.startswith("@"):
         try:
@@ -100,6 +102,8 @@ def _probe_unix(path: str, timeout_s: float) -> Probe:
 
 def pins_location(config_path: str | os.PathLike[str] | None) -> bool:
     """Does this config file fix where the control socket is?"""
+    import tomllib
+
     if config_path is None:
         return False
     try:

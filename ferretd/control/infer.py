@@ -96,4 +96,3 @@ def converse_infer(args: argparse.Namespace, endpoint: str, timeout: float) -> i
     if health:
         return EXIT_OK if reply.get("snapshot") else 1
     return EXIT_OK
-

@@ -1,5 +1,7 @@
 """Human-readable tables for ``ferretctl``: byte sizes in KiB/MiB/GiB, durations and ages
-("12 s ago") instead of epochs, and one memory budget per plan. ``--json`` bypasses all of it."""
+("12 s ago") instead of epochs, and one memory budget per plan. ``--json`` bypasses all of it.
+Which renderer shows which command's result is said once, in the command table
+(``ferretd.control.commands``). Standard library only."""
 
 from __future__ import annotations
 
@@ -245,18 +247,5 @@ def render_checkpoint(result: dict[str, Any]) -> str:
     return f"checkpoint written: {result.get('path')}"
 
 
-RENDERERS = {
-    "status": render_status,
-    "plan": render_plan,
-    "replan": render_replan,
-    "budget": render_replan,
-    "health": render_health,
-    "reload": render_reload,
-    "snapshot": render_snapshot,
-    "checkpoint": render_checkpoint,
-    "version": lambda r: f"ferretd {r['version']} (pid {r['pid']})",
-}
-
-
-def render(cmd: str, result: dict[str, Any]) -> str:
-    return RENDERERS.get(cmd, render_generic)(result)
+def render_version(result: dict[str, Any]) -> str:
+    return f"ferretd {result['version']} (pid {result['pid']})"
