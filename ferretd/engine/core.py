@@ -37,7 +37,7 @@ import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Final
 
 import torch
 from torch import Tensor, nn
@@ -50,6 +50,7 @@ from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, op
 from ferretd.engine.plan import Plan
 from ferretd.engine.schedule import Action
 from ferretd.engine.stage import StageContext, StageRunner
+from ferretd.engine.stages import StageState, StageViews
 from ferretd.engine.versions import Version, VersionStore
 
 ExtraLoss = Callable[[Tensor, Tensor, Tensor], Tensor | None]  # (logits, y, stage-0 input x)
@@ -78,22 +79,7 @@ class _Micro:
     grads: dict[int, Tensor | None] = field(default_factory=dict)
 
 
-@dataclass
-class StageState:
-    runner: StageRunner
-    store: VersionStore
-    optim: OptimStates
-    average: WeightAverage | None = None
-    writer_lock: threading.Lock = field(default_factory=threading.Lock)
-    omitted_ctx: set[StageContext] = field(default_factory=set)
-
-    @property
-    def momentum(self) -> list[Tensor | None]:
-        """SGD momentum (or Adam's first moment) per parameter."""
-        return [p.first for p in self.optim.params]
-
-
-class PipelineCore:
+class PipelineCore(StageViews):
     """Stages, versions, windows and the action log of one plan."""
 
     window_reduce = "mean"  # "sum": an accumulation window sums its gradients (bench_paper's rule)
@@ -373,84 +359,6 @@ class PipelineCore:
             scale = len(applied) if self.window_reduce == "mean" else 1
             total = [torch.stack(gs).sum(0) / scale for gs in zip(*applied, strict=True)]
         return optimizer_step(cur.tensors, total, st.optim, self.training)
-
-    # ------------------------------------------------------------------ model views
-
-    def current_tensors(self) -> list[tuple[Tensor, ...]]:
-        return [st.store.current.tensors for st in self.stages]
-
-    def predict(self, x: Tensor) -> Tensor:
-        versions = self.current_tensors()
-        for st, tensors in zip(self.stages, versions, strict=True):
-            x = st.runner.predict(tensors, x)
-        return x
-
-    def full_state(self) -> dict[str, Tensor]:
-        """Current weights under the full model's parameter names (on the CPU)."""
-        return self.snapshot()[0]
-
-    def momentum_state(self) -> dict[str, Tensor]:
-        return self.snapshot()[1]
-
-    def snapshot(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Weights and momentum of every stage's current version, each stage read under its writer lock."""
-        weights, optim = self.learning_state()[:2]
-        momentum = {n: e["first"] for n, e in optim.items() if "first" in e}
-        return weights, momentum
-
-    def learning_state(self) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]], dict[str, Tensor] | None]:
-        """Weights, optimiser state and averaged weights (None when off) by full parameter name."""
-        weights: dict[str, Tensor] = {}
-        optim: dict[str, dict[str, Any]] = {}
-        average: dict[str, Tensor] | None = {} if self.ema_decay else None
-        for names, st in zip(self.param_names, self.stages, strict=True):
-            with st.writer_lock:
-                tensors = st.store.current.tensors
-                weights.update({n: t.detach().cpu().clone() for n, t in zip(names, tensors, strict=True)})
-                optim.update(st.optim.to_dict(names))
-                if average is not None and st.average is not None:
-                    pairs = zip(names, st.average.tensors, strict=True)
-                    average.update({n: t.detach().cpu().clone() for n, t in pairs})
-        return weights, optim, average
-
-    def averaged_count(self) -> int:
-        return min((st.average.count for st in self.stages if st.average is not None), default=0)
-
-    def load_state(
-        self,
-        weights: dict[str, Tensor],
-        momentum: dict[str, Tensor],
-        optim: dict[str, dict[str, Any]] | None = None,
-        average: dict[str, Tensor] | None = None,
-        average_count: int = 0,
-    ) -> None:
-        """Install weights and optimiser state (``optim``, else SGD ``momentum``) by full name."""
-        saved = optim if optim is not None else {n: {"first": t} for n, t in momentum.items()}
-        for names, st in zip(self.param_names, self.stages, strict=True):
-            dev = st.runner.device
-            st.store.reset(tuple(weights[n].to(dev) for n in names))
-            st.optim = OptimStates.from_dict(names, saved, dev)
-            if st.average is not None:
-                have = average is not None and all(n in average for n in names)
-                src = [average[n].to(dev) for n in names] if have and average is not None else st.store.current.tensors
-                st.average.reset(src, average_count if have else 0)
-
-    def stats(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "stage": j,
-                "device": str(st.runner.device),
-                "version": st.store.current.number,
-                "updates": self.book.updates[j],
-                "max_staleness": self.book.staleness_max[j],
-                "mean_staleness": self.book.mean_staleness(j),
-                "live_versions": st.store.live_versions(),
-                "max_live_versions": st.store.max_live,
-                "version_bytes": st.store.bytes_held(),
-                "optimizer_bytes": st.optim.nbytes(),
-            }
-            for j, st in enumerate(self.stages)
-        ]
 
 
 def _fire(items: list[tuple[list[DoneCallback | None], LearnOutcome]]) -> None:
