@@ -1,21 +1,17 @@
-"""The Ferret paper's section-5 comparison on real streams, on the virtual clock (exactly reproducible).
+"""The Ferret paper's headline, reproduced fairly: conv net on MNIST, equal devices, tuned baselines.
 
-For every stream (digits iid, digits class-split, sp500 with natural drift; see tools/streams.py),
-load level (arrival interval ``t_d = t_seq / load``, load 1x / 2x / 4x the sequential per-sample
-time) and seed (0, 1, 2: weight init and, for digits, the stream order), run:
+For both stream orders (shuffled ``mnist``, class-incremental ``mnist-ci``; data.py), load
+levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D (1, 4 quick;
+1, 2, 4, 8 full) and seeds 0, 1, 2 (weights and a disjoint MNIST slice each), run every row of
+paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices), each
+family at its own learning rate tuned on a separate slice with the same grid (paper/tuning.py).
+One rule for every strategy: a step or accumulation window of k microbatches sums their
+gradients. The OCL methods Vanilla, ER, MIR, LwF, MAS run on the Ferret (unconstrained) plan on
+the class-incremental stream (quick: at D = 4 only).
 
-* stream baselines: Oracle, 1-Skip, Random-N, Last-N, Camel (buffer B=16, N=4);
-* pipelines: GPipe, DAPPLE (1F1B flush), PipeDream, PipeDream-2BW, Ferret at minimal / medium /
-  unconstrained memory, Ferret planned at each competitor's memory (equal memory), and a Ferret
-  budget sweep (the accuracy-memory curve);
-* compensation none / step_aware / gap_aware / fisher / iter_fisher on the Ferret
-  (unconstrained) plan; OCL vanilla / ER on the same plan (at 4x only in quick mode).
-
-Metrics: online accuracy (test-then-train), held-out test accuracy at the end, the planner's
-predicted memory (all strategies, one formula; engine runs also report measured peak version
-bytes), agm / tagm against 1-Skip and DAPPLE, mean and spread (population std) over the seeds;
-NoChange and majority-class accuracy of every stream beside them. How strategies, costs and
-memory are modelled: tools/bench/paper/plans.py and runners.py. Report and plots: report.py.
+Memory: the prediction of one formula for every row (plans.py) and the allocator-measured peak of
+the seed-0 run on the shuffled order (runners.py; the class-incremental rows run the same plans on
+the same clock). Report and plots: paper/report.py; headline and summary: tools/bench/summary.py.
 
 Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only paper``.
 """
@@ -37,67 +33,37 @@ import torch
 from tqdm import tqdm
 
 from ferretd.engine.learner import PrequentialScore
-from tools.bench.paper.plans import Planner, Strategy, describe, flop_profile
+from tools.bench.paper import data
+from tools.bench.paper.plans import CHANNELS, MICROBATCH, Strategy, describe, flop_profile
 from tools.bench.paper.report import build_report
-from tools.bench.paper.runners import RunResult, run_buffered, run_engine
-from tools.streams import load_stream
+from tools.bench.paper.runners import RunResult
+from tools.bench.paper.strategies import BUFFER, FERRET, N_TRAIN, cache_key, strategies, unconstrained
+from tools.bench.paper.strategies import run as run_strategy
+from tools.bench.paper.tuning import LR_GRID, TUNE_DEVICES, TUNE_LOAD, tune
 
 SEEDS = (0, 1, 2)
 LOADS = (1, 2, 4)
-COMPENSATIONS = ("none", "step_aware", "gap_aware", "fisher", "iter_fisher")
-BUFFER, N_TRAIN = 16, 4
-CURVE_POINTS = 60
+OCL_METHODS = ("vanilla", "er", "mir", "lwf", "mas")
+CURVE_POINTS = 40
+TEST_SAMPLES = 512
 
 
-def streams(quick: bool) -> list[str]:
-    out = ["digits", "digits-split"]
-    try:
-        load_stream("sp500")
-        out.append("sp500")
-    except ImportError:
-        print("sp500 stream skipped: the river package is not installed")
-    return out
+def sizes(quick: bool) -> tuple[int, tuple[int, ...]]:
+    """(training images per seed, device counts)."""
+    return (1536, (1, 4)) if quick else (2048, (1, 2, 4, 8))
 
 
-def strategies(pl: Planner) -> list[tuple[str, Strategy, str]]:
-    """(group, strategy, policy) rows for one load level."""
-    rows: list[tuple[str, Strategy, str]] = [
-        ("stream", pl.sequential("Oracle"), "oracle"),
-        ("stream", pl.sequential("1-Skip"), "skip"),
-        ("stream", pl.sequential(f"Random-N (B={BUFFER}, N={N_TRAIN})", BUFFER, N_TRAIN), "random"),
-        ("stream", pl.sequential(f"Last-N (B={BUFFER}, N={N_TRAIN})", BUFFER, N_TRAIN), "last"),
-        ("stream", pl.sequential(f"Camel (B={BUFFER}, N={N_TRAIN})", BUFFER, N_TRAIN), "camel"),
-        ("pipeline", pl.flush("GPipe", one_f_one_b=False), "flush"),
-        ("pipeline", pl.flush("DAPPLE", one_f_one_b=True), "flush"),
-        ("pipeline", pl.pipedream(), "engine"),
-        ("pipeline", pl.pipedream_2bw(), "engine"),
-    ]
-    rows += [("pipeline", s, "engine") for s in pl.ferret_levels()]
-    competitors = [s for g, s, _ in rows if g == "pipeline" and not s.name.startswith("Ferret")]
-    for comp in competitors:
-        if comp.memory_bytes >= pl.search.minimum_bytes:
-            rows.append(("equal-memory", pl.ferret(comp.memory_bytes, f"Ferret @ M({comp.name})"), "engine"))
-    low = pl.search.minimum_bytes
-    high = next(s for _, s, _ in rows if s.name == "Ferret (unconstrained)").memory_bytes
-    for k in range(5):
-        budget = int(low * (high / low) ** (k / 4))
-        rows.append(("sweep", pl.ferret(budget, f"Ferret sweep {k}"), "engine"))
-    return rows
-
-
-def baselines(name: str) -> dict[str, Any]:
-    out: dict[str, list[float]] = {"nochange": [], "majority": []}
+def stream_info(name: str, samples: int) -> dict[str, Any]:
+    acc: dict[str, list[float]] = {"nochange": [], "majority": []}
     for seed in SEEDS:
-        st = load_stream(name, seed)
+        st = data.mnist_stream(name, seed, samples, TEST_SAMPLES)
         score = PrequentialScore()
         for y in st.y:
             score.record(-1, int(y))
         s = score.summary()
-        out["nochange"].append(s["nochange_accuracy"])
-        out["majority"].append(s["majority_accuracy"])
-    st = load_stream(name, 0)
-    info = {"samples": len(st.y), "test_samples": len(st.y_test), "classes": st.classes, "features": st.input_shape}
-    return {**info, **{k: float(np.mean(v)) for k, v in out.items()}}
+        acc["nochange"].append(s["nochange_accuracy"])
+        acc["majority"].append(s["majority_accuracy"])
+    return {"samples": samples, "test_samples": TEST_SAMPLES, **{k: float(np.mean(v)) for k, v in acc.items()}}
 
 
 def curve(hits: np.ndarray) -> list[float]:
@@ -106,85 +72,107 @@ def curve(hits: np.ndarray) -> list[float]:
     return [round(float(v), 4) for v in cum[idx]]
 
 
+Job = tuple[str, int, int, int, str, Strategy, str, str]  # stream, load, D, seed, group, strategy, policy, ocl
+
+
+def jobs_for(names: list[str], profile: Any, devices: tuple[int, ...], quick: bool) -> list[Job]:
+    jobs: list[Job] = []
+    for d in devices:
+        for load in LOADS:
+            rows = strategies(profile, profile.total_time_s / load, d, quick)
+            for name in names:
+                for seed in SEEDS:
+                    jobs += [(name, load, d, seed, g, s, p, "vanilla") for g, s, p in rows]
+                    if name == "mnist-ci" and (not quick or d == TUNE_DEVICES):
+                        unc = unconstrained(rows)
+                        jobs += [(name, load, d, seed, "ocl", unc, "engine", m) for m in OCL_METHODS[1:]]
+    return jobs
+
+
 def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(30))  # planner's info logs off
     t0 = time.perf_counter()
-    names = streams(quick)
-    jobs: list[tuple[str, int, int, str, Strategy, str, str, str]] = []
-    profiles = {}
-    for name in names:
-        st = load_stream(name, 0)
-        prof = flop_profile(st.input_shape, st.classes)
-        profiles[name] = prof
-        t_seq = prof.total_time_s
-        for load in LOADS:
-            pl = Planner(prof, t_seq / load)
-            rows = strategies(pl)
-            ferret_unc = next(s for _, s, _ in rows if s.name == "Ferret (unconstrained)")
-            extra_rows = []
-            if not quick or load == max(LOADS):
-                for comp in COMPENSATIONS[1:]:
-                    mem = Planner(prof, t_seq / load, comp).memory(ferret_unc.plan)  # type: ignore[arg-type]
-                    s = Strategy(f"Ferret (unconstrained) + {comp}", "engine", mem, ferret_unc.plan)
-                    extra_rows.append(("compensation", s, "engine", comp, "vanilla"))
-                er_mem = ferret_unc.memory_bytes + 64 * (pl.sample_bytes())
-                s = Strategy("Ferret (unconstrained) + ER", "engine", er_mem, ferret_unc.plan)
-                extra_rows.append(("ocl", s, "engine", "none", "er"))
-            for seed in SEEDS:
-                for group, s, policy in rows:
-                    jobs.append((name, load, seed, group, s, policy, "none", "vanilla"))
-                for group, s, policy, comp, ocl in extra_rows:
-                    jobs.append((name, load, seed, group, s, policy, comp, ocl))
+    samples, devices = sizes(quick)
+    names = list(data.STREAMS)
+    profile = flop_profile()
+    streams = {(n, s): data.mnist_stream(n, s, samples, TEST_SAMPLES) for n in names for s in SEEDS}
+    tuning_streams = {n: data.mnist_stream(n, data.TUNING_SLICE, samples, TEST_SAMPLES) for n in names}
+    tuned = tune(tuning_streams, profile, quick)
+    t_tuned = time.perf_counter() - t0
+    jobs = jobs_for(names, profile, devices, quick)
     cache: dict[tuple[Any, ...], RunResult] = {}
+    measured: dict[tuple[Any, ...], int | None] = {}
     results: list[dict[str, Any]] = []
     curves: dict[str, list[float]] = {}
-    streams_cache = {(n, seed): load_stream(n, seed) for n in names for seed in SEEDS}
-    for name, load, seed, group, s, policy, comp, ocl in tqdm(jobs, desc="paper bench", unit="run", mininterval=2):
-        stream = streams_cache[(name, seed)]
-        t_d = profiles[name].total_time_s / load
-        key = (name, load, seed, s.plan.to_json() if policy == "engine" and s.plan else s.name, policy, comp, ocl)
+    for name, load, d, seed, group, s, policy, ocl in tqdm(jobs, desc="paper bench", unit="run", mininterval=5):
+        lr = tuned[name][FERRET if ocl != "vanilla" else s.family]["lr"]
+        t_d = profile.total_time_s / load
+        if policy == "oracle":
+            key: tuple[Any, ...] = ("oracle", name, seed, lr)
+        else:
+            key = cache_key(s, policy, name, load, d, seed, lr, ocl)
+        mkey = ("oracle",) if policy == "oracle" else cache_key(s, policy, load, d, ocl)  # not order-dependent
         if key not in cache:
-            if policy == "engine":
-                cache[key] = run_engine(stream, s, profiles[name], t_d, seed, comp, ocl)
-            else:
-                cache[key] = run_buffered(stream, s, policy, t_d, seed, BUFFER)
+            measure = seed == 0 and mkey not in measured
+            cache[key] = run_strategy(streams[(name, seed)], s, policy, profile, t_d, d, seed, lr, ocl, measure=measure)
+            if measure:
+                measured[mkey] = cache[key].allocator_peak_bytes
         r = cache[key]
+        label = s.name if ocl == "vanilla" else f"{FERRET} (unconstrained) + {ocl.upper()}"
         if seed == 0:
-            curves[f"{name}|{load}|{s.name}"] = curve(r.hits)
+            curves[f"{name}|{load}|{d}|{label}"] = curve(r.hits)
         results.append(
             {
                 "stream": name,
                 "load": load,
+                "devices": d,
                 "seed": seed,
                 "group": group,
-                "method": s.name,
+                "method": label,
+                "family": s.family,
+                "lr": lr,
                 "plan": describe(s.plan) if s.plan is not None and s.kind == "engine" else s.kind,
+                "compensation": s.compensation,
+                "ocl": ocl,
                 "memory_bytes": s.memory_bytes,
+                "allocator_peak_bytes": measured.get(mkey),
                 "online_accuracy": r.online_accuracy,
                 "test_accuracy": r.test_accuracy,
-                "trained": r.trained,
                 "dropped": r.dropped,
-                "compensation": comp,
-                "ocl": ocl,
                 **r.extra,
             }
         )
-    info = {n: baselines(n) for n in names}
-    for n, prof in profiles.items():
-        info[n]["t_seq_s"] = prof.total_time_s
-        info[n]["param_bytes"] = prof.total_param_bytes
-    seconds = time.perf_counter() - t0
-    markdown, summary = build_report(results, curves, info, out_dir, quick, seconds)
-    data = {
+    info = {n: stream_info(n, samples) for n in names}
+    settings = {
+        "source": data.source(samples, TEST_SAMPLES),
+        "samples_per_seed": samples,
+        "microbatch": MICROBATCH,
+        "channels": list(CHANNELS),
+        "t_mb_s": profile.total_time_s,
+        "param_bytes": profile.total_param_bytes,
+        "activation_bytes_per_microbatch": sum(b.activation_bytes for b in profile.blocks),
         "seeds": list(SEEDS),
         "loads": list(LOADS),
+        "devices": list(devices),
         "buffer": BUFFER,
         "n_train": N_TRAIN,
+        "lr_grid": list(LR_GRID),
+        "tune_load": TUNE_LOAD,
+        "tune_devices": TUNE_DEVICES,
+        "tuning_seconds": t_tuned,
+        "quick": quick,
+    }
+    seconds = time.perf_counter() - t0
+    markdown, summary = build_report(results, curves, info, settings, tuned, out_dir, seconds)
+    payload = {
+        "settings": settings,
         "streams": info,
+        "tuning": tuned,
         "summary": summary,
         "runs": results,
         "curves_seed0": curves,
         "distinct_runs": len(cache),
     }
-    return {"title": "Paper comparison on real streams (virtual clock)", "markdown": markdown, "data": data}
+    return {"title": "Paper headline, fair reproduction (conv net on MNIST, virtual clock)", "markdown": markdown,
+            "data": payload}  # fmt: skip

@@ -1,7 +1,9 @@
 """Benchmark runner: `make bench` (full) and `make bench-quick`.
 
 Imports every ``tools/bench/bench_*.py``, calls ``run(quick, out_dir)``, and writes each result
-to ``docs/benchmarks/<name>.json`` and ``.md``, then an index ``docs/benchmarks/README.md``.
+to ``docs/benchmarks/<name>.json`` and ``.md``, then an index ``docs/benchmarks/README.md``, and
+last regenerates the summary region of ``docs/benchmarks.md`` from every committed JSON report
+(``tools/bench/summary.py``; ``--only`` runs still refresh it).
 
     python tools/bench/run_all.py --quick            # all, quick sizes
     python tools/bench/run_all.py --only ingest      # one benchmark
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     index = ["# Benchmark results", "", "Regenerate with `make bench-quick` (or `make bench`).", ""]
     index += [f"- [{p.stem}]({p.name})" for p in sorted(out_dir.glob("*.md")) if p.name != "README.md"]
     (out_dir / "README.md").write_text("\n".join(index) + "\n")
+    from tools.bench import summary
+
+    summary.write(out_dir.parent / "benchmarks.md", out_dir)
+    print(f"summary written to {out_dir.parent / 'benchmarks.md'}", flush=True)
     return 1 if failures else 0
 
 

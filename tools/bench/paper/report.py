@@ -1,313 +1,216 @@
-"""Aggregate bench_paper runs into tables, the paper's agm / tagm scores, headline numbers and plots.
+"""bench_paper's report: the fairness rules, tuned rates, the headline memory ratios, tables, plots.
 
-Decisions: accuracies are fractions, so ``agm_B(A) = (oacc_A - oacc_B) - ln(M_A / M_B)`` (the
-log of the paper's ``exp(oacc_A - oacc_B) / (M_A / M_B)``), computed per seed against the same
-seed's baseline, then mean +- population std over seeds; ``tagm`` uses test accuracy. ``M`` is
-the planner's predicted memory of each strategy (plans.py). "Memory ratio to reach the best
-competitor": among every Ferret plan that ran (levels, equal-memory plans, budget sweep), the
-smallest predicted memory whose mean online accuracy is at least the best non-Ferret,
-non-Oracle strategy's mean; ratio = that competitor's memory / Ferret's (> 1: Ferret needs less).
+Headline ("memory ratio at which Ferret reaches a competitor's online accuracy"): for one stream,
+load and device count, among the Ferret plans that ran with a family's compensation (levels,
+sweep and equal-memory plans), take the smallest memory whose mean online accuracy over the seeds
+is at least the competitor's mean; ratio = competitor memory / that memory (> 1: Ferret needs
+less). Memory is the allocator-measured peak (``ratio``) and, beside it, the one-formula prediction
+(``ratio_predicted``). "not reached": no Ferret plan reaches the competitor's accuracy.
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-REFERENCES = ("1-Skip", "DAPPLE")
-TIME_METHODS = (
-    "Oracle",
-    "1-Skip",
-    "GPipe",
-    "DAPPLE",
-    "PipeDream",
-    "PipeDream-2BW",
-    "Ferret (min)",
-    "Ferret (medium)",
-    "Ferret (unconstrained)",
-)
+from tools.bench.paper.plots import plot_memory, plot_time
+from tools.bench.paper.strategies import FERRET, NOCOMP
+
+COMPETITORS = ("1-Skip", "Random-N", "Last-N", "Camel", "GPipe", "DAPPLE", "PipeDream", "PipeDream-2BW")
+Key = tuple[str, int, int, str]  # stream, load, devices, method
 
 
-def _ms(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
-    return f"{scale * np.mean(values):.{digits}f} ± {scale * np.std(values):.{digits}f}"
+def _ms(values: list[float]) -> str:
+    return f"{100 * np.mean(values):.1f} ± {100 * np.std(values):.1f}"
 
 
-def summarise(results: list[dict[str, Any]]) -> dict[tuple[str, int, str], dict[str, Any]]:
-    by: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+def _kib(b: float | None) -> str:
+    return "-" if b is None else f"{b / 1024:.0f}"
+
+
+def summarise(results: list[dict[str, Any]]) -> dict[Key, dict[str, Any]]:
+    by: dict[Key, list[dict[str, Any]]] = defaultdict(list)
     for r in results:
-        by[(r["stream"], r["load"], r["method"])].append(r)
-    index = {(r["stream"], r["load"], r["seed"], r["method"]): r for r in results}
-    out: dict[tuple[str, int, str], dict[str, Any]] = {}
+        by[(r["stream"], r["load"], r["devices"], r["method"])].append(r)
+    out: dict[Key, dict[str, Any]] = {}
     for key, rows in by.items():
-        s: dict[str, Any] = {
-            "group": rows[0]["group"],
-            "plan": rows[0]["plan"],
-            "memory_bytes": rows[0]["memory_bytes"],
+        first = rows[0]
+        out[key] = {
+            **{k: first[k] for k in ("group", "family", "plan", "lr", "compensation", "ocl", "memory_bytes")},
+            "measured_bytes": next((r["allocator_peak_bytes"] for r in rows if r["allocator_peak_bytes"]), None),
             "oacc": [r["online_accuracy"] for r in rows],
             "test": [r["test_accuracy"] for r in rows],
             "dropped": float(np.mean([r["dropped"] for r in rows])),
-            "version_bytes": rows[0].get("engine_version_bytes_peak"),
-            "fallbacks": sum(r.get("fallbacks") or 0 for r in rows),
         }
-        for ref in REFERENCES:
-            for metric, field in (("agm", "online_accuracy"), ("tagm", "test_accuracy")):
-                vals = []
-                for r in rows:
-                    b = index.get((r["stream"], r["load"], r["seed"], ref))
-                    if b is not None:
-                        vals.append(r[field] - b[field] - math.log(r["memory_bytes"] / b["memory_bytes"]))
-                s[f"{metric}_{ref}"] = vals
-        out[key] = s
     return out
 
 
-def memory_ratio(summ: dict[tuple[str, int, str], dict[str, Any]], stream: str, load: int) -> dict[str, Any]:
-    """Gap of unconstrained Ferret to Oracle, and the memory Ferret needs to reach (a) the best
-    non-Ferret strategy and (b) the best stream / synchronous one (PipeDream's plans are part of
-    Ferret's search space, so (a) is often Ferret's own plan under another name)."""
-    rows = {m: s for (st, ld, m), s in summ.items() if st == stream and ld == load}
-    ferret = sorted(
-        (s["memory_bytes"], float(np.mean(s["oacc"])), m)
-        for m, s in rows.items()
-        if m.startswith("Ferret") and "+" not in m
-    )
-    unc, orc = rows["Ferret (unconstrained)"], rows["Oracle"]
-    out: dict[str, Any] = {
-        "ferret_best_oacc": max(acc for _, acc, _ in ferret),
-        "unconstrained_minus_oracle_points": 100 * (float(np.mean(unc["oacc"])) - float(np.mean(orc["oacc"]))),
-    }
-    for tag in ("any", "sync"):
-        comps = {
-            m: s
-            for m, s in rows.items()
-            if s["group"] in ("stream", "pipeline")
-            and (tag == "any" or s["plan"] in ("sequential", "flush"))
-            and m != "Oracle"
-            and not m.startswith("Ferret")
+def reach(summ: dict[Key, dict[str, Any]], stream: str, load: int, d: int, family: str) -> dict[str, Any]:
+    rows = {m: s for (a, b, c, m), s in summ.items() if (a, b, c) == (stream, load, d)}
+    ferret = [(s, m) for m, s in rows.items() if s["family"] == family and s["ocl"] == "vanilla"]
+    out: dict[str, Any] = {"ferret_best_oacc": max(float(np.mean(s["oacc"])) for s, _ in ferret)}
+    for comp in COMPETITORS:
+        name = next((m for m in rows if m.split(" (B=")[0] == comp), None)
+        if name is None:
+            continue
+        c = rows[name]
+        target = float(np.mean(c["oacc"]))
+        entry: dict[str, Any] = {
+            "oacc": target,
+            "memory_bytes": c["memory_bytes"],
+            "measured_bytes": c["measured_bytes"],
         }
-        best = max(comps, key=lambda m: np.mean(comps[m]["oacc"]))
-        target = float(np.mean(comps[best]["oacc"]))
-        entry: dict[str, Any] = {"competitor": best, "oacc": target, "memory_bytes": comps[best]["memory_bytes"]}
-        reach = next(((mem, acc, m) for mem, acc, m in ferret if acc >= target), None)
-        if reach is not None:
-            entry.update(ferret_memory_bytes=reach[0], ferret_oacc=reach[1], ferret_method=reach[2])
-            entry["ratio"] = comps[best]["memory_bytes"] / reach[0]
-        out[tag] = entry
+        ok = [(s, m) for s, m in ferret if float(np.mean(s["oacc"])) >= target]
+        for field, tag in (("measured_bytes", "ratio"), ("memory_bytes", "ratio_predicted")):
+            cands = [(s[field], m) for s, m in ok if s[field]]
+            if cands and c[field]:
+                mem, m = min(cands)
+                entry[tag] = c[field] / mem
+                entry[f"{tag}_ferret"] = m
+        out[comp] = entry
+    orc, unc = rows.get("Oracle"), rows.get(f"{family} (unconstrained)")
+    if orc and unc:
+        out["unconstrained_minus_oracle_points"] = 100 * (float(np.mean(unc["oacc"])) - float(np.mean(orc["oacc"])))
     return out
 
 
-def plots(
-    summ: dict[tuple[str, int, str], dict[str, Any]],
-    curves: dict[str, list[float]],
-    out_dir: Path,
-    streams: list[str],
-    loads: list[int],
-) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    files = []
-    styles = sorted({m for (_, _, m), s in summ.items() if s["group"] in ("stream", "pipeline")})
-    fig, axes = plt.subplots(len(streams), len(loads), figsize=(4 * len(loads), 3.2 * len(streams)), squeeze=False)
-    for i, st in enumerate(streams):
-        for j, ld in enumerate(loads):
-            ax = axes[i][j]
-            rows = {m: s for (a, b, m), s in summ.items() if a == st and b == ld}
-            sweep = sorted(
-                (s["memory_bytes"], np.mean(s["oacc"]))
-                for m, s in rows.items()
-                if m.startswith("Ferret") and "+" not in m
-            )
-            ax.plot(
-                [m / 1024 for m, _ in sweep],
-                [100 * a for _, a in sweep],
-                "-",
-                color="tab:red",
-                lw=1,
-                label="Ferret plans (sweep)",
-            )
-            for m, s in sorted(rows.items()):
-                if s["group"] in ("stream", "pipeline"):
-                    k = styles.index(m)
-                    ax.errorbar(
-                        s["memory_bytes"] / 1024,
-                        100 * np.mean(s["oacc"]),
-                        yerr=100 * np.std(s["oacc"]),
-                        fmt="os^vDP*Xhd<>p"[k % 13],
-                        color=plt.get_cmap("tab20")(k % 20),
-                        ms=5,
-                        capsize=2,
-                        label=m.split(" (B=")[0],
-                    )
-            ax.set_xscale("log")
-            ax.set_title(f"{st}, load {ld}x", fontsize=9)
-            ax.tick_params(labelsize=7)
-            if j == 0:
-                ax.set_ylabel("online accuracy %", fontsize=8)
-            if i == len(streams) - 1:
-                ax.set_xlabel("predicted memory KiB (log)", fontsize=8)
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=7)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
-    fig.savefig(out_dir / "paper_oacc_vs_memory.png", dpi=70)
-    plt.close(fig)
-    files.append("paper_oacc_vs_memory.png")
-    ld = max(loads)
-    fig, axes = plt.subplots(1, len(streams), figsize=(4.5 * len(streams), 3.3), squeeze=False)
-    for i, st in enumerate(streams):
-        ax = axes[0][i]
-        for m in TIME_METHODS:
-            c = curves.get(f"{st}|{ld}|{m}")
-            if c:
-                ax.plot(np.linspace(0, 100, len(c)), [100 * v for v in c], label=m, lw=1)
-        ax.set_title(f"{st}, load {ld}x, seed 0", fontsize=9)
-        ax.set_xlabel("% of stream", fontsize=8)
-        ax.set_ylabel("cumulative online accuracy %", fontsize=8)
-        ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(out_dir / "paper_oacc_over_time.png", dpi=70)
-    plt.close(fig)
-    files.append("paper_oacc_over_time.png")
-    return files
+def _ratio(e: dict[str, Any] | None) -> str:
+    if not e:
+        return "-"
+    if "ratio" not in e:
+        return "not reached"
+    return f"{e['ratio']:.2f}x ({e.get('ratio_predicted', float('nan')):.2f}x)"
 
 
 def build_report(
     results: list[dict[str, Any]],
     curves: dict[str, list[float]],
     info: dict[str, Any],
+    settings: dict[str, Any],
+    tuned: dict[str, Any],
     out_dir: Path,
-    quick: bool,
     seconds: float,
 ) -> tuple[str, dict[str, Any]]:
     summ = summarise(results)
-    streams = list(info)
-    loads = sorted({r["load"] for r in results})
+    streams, loads, devices = list(info), settings["loads"], settings["devices"]
+    s = settings
     lines = [
-        f"Virtual clock (FLOP cost model, exact), 3 seeds, microbatch 1, plain SGD lr 0.05, "
-        f"MLP 128-128-128; quick={quick}; {seconds:.0f} s. Accuracies in %, mean ± std over seeds. "
-        "Memory = planner's predicted footprint (same formula for all rows); 'versions KiB' = the "
-        "engine's measured peak of live weight versions (engine runs only). agm/tagm use fractions.",
+        f"Conv net {tuple(s['channels'])} on 1x28x28 {s['source']}, microbatch {s['microbatch']}, "
+        f"{s['samples_per_seed']} training images per seed (a disjoint subsample of MNIST's 50 000 per seed, "
+        f"{info[streams[0]]['test_samples']} held-out test images each), seeds {s['seeds']}, loads {s['loads']}x, "
+        f"devices D = {s['devices']}; quick={s['quick']}; {seconds:.0f} s on the virtual clock "
+        f"(FLOP cost model: one microbatch forward+backward = {1e3 * s['t_mb_s']:.2f} ms virtual). "
+        f"Weights {s['param_bytes'] / 1024:.0f} KiB, saved activations "
+        f"{s['activation_bytes_per_microbatch'] / 1024:.0f} KiB per microbatch.",
         "",
-        "## Streams",
+        "## Fairness rules",
         "",
-        "| stream | train samples | test samples | classes | NoChange % | majority % |",
-        "|---|---|---|---|---|---|",
-    ]
-    for st, d in info.items():
-        lines.append(
-            f"| {st} | {d['samples']} | {d['test_samples']} | {d['classes']} | "
-            f"{100 * d['nochange']:.1f} | {100 * d['majority']:.1f} |"
-        )
-    headline: dict[str, Any] = {}
-    lines += [
+        "- **Equal devices**: every row of a table has the same D devices. An engine plan's (worker, stage) lanes "
+        "share them on the virtual clock, and Ferret only considers plans with at most D lanes; sequential "
+        "baselines use them data-parallel (a step of k microbatches costs ceil(k/D) microbatch times); "
+        "GPipe/DAPPLE use min(D, 4) stages and D // stages replicas, PipeDream/2BW the same stages and "
+        "D // stages workers.",
+        "- **One update rule**: a step or accumulation window of k microbatches *sums* their gradients "
+        '(each microbatch\'s loss is its mean), for every strategy (the engine via `window_reduce = "sum"`).',
+        f"- **Same tuning budget**: every family's learning rate is chosen from {s['lr_grid']} "
+        f"({len(s['lr_grid'])} trials each) by online accuracy on a separate MNIST slice (never reported), "
+        f"same stream order, at load {s['tune_load']}x and D = {s['tune_devices']}; plain SGD. "
+        "OCL methods use Ferret's rate.",
+        "- **Same costs**: recompute pays its extra forward; updates cost 0; all-reduce is not charged "
+        "(favours the data-parallel baselines).",
+        "- Ferret rows run with the product default compensation (iter_fisher); 'Ferret no-comp' without.",
         "",
-        "## Headline: memory Ferret needs to reach the best competitor, gap to Oracle",
+        "## Tuned learning rates",
         "",
-        "'any' = best non-Ferret, non-Oracle strategy; 'sync' = best stream baseline or synchronous "
-        "(flush) pipeline. Ratio = competitor memory / memory of the smallest Ferret plan with at least its "
-        "mean oacc (> 1: Ferret needs less).",
-        "",
-        "| stream | load | best 'any' (oacc %, KiB) | Ferret reaching it (oacc %, KiB) | ratio | best 'sync' "
-        "(oacc %, KiB) | Ferret reaching it (oacc %, KiB) | ratio | Ferret best oacc % | unconstrained - Oracle |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| stream | " + " | ".join(sorted(tuned[streams[0]])) + " |",
+        "|---|" + "---|" * len(tuned[streams[0]]),
     ]
     for st in streams:
-        for ld in loads:
-            h = memory_ratio(summ, st, ld)
-            headline[f"{st}|{ld}"] = h
-            cells = []
-            for tag in ("any", "sync"):
-                e = h[tag]
-                reach = (
-                    f"{e['ferret_method']} ({100 * e['ferret_oacc']:.1f}, {e['ferret_memory_bytes'] / 1024:.0f})"
-                    if "ratio" in e
-                    else "not reached"
-                )
-                ratio = f"{e['ratio']:.2f}x" if "ratio" in e else "-"
-                comp = f"{e['competitor'].split(' (B=')[0]} ({100 * e['oacc']:.1f}, {e['memory_bytes'] / 1024:.0f})"
-                cells += [comp, reach, ratio]
+        lines.append(f"| {st} | " + " | ".join(f"{tuned[st][f]['lr']:g}" for f in sorted(tuned[st])) + " |")
+    headline: dict[str, Any] = {}
+    for family in (FERRET, NOCOMP):
+        lines += [
+            "",
+            f"## Headline{'' if family == FERRET else ' without compensation'}: memory ratio at which "
+            f"{family} reaches each competitor's online accuracy",
+            "",
+            "Measured (allocator) ratio, predicted ratio in brackets; > 1: Ferret needs less memory.",
+            "",
+            "| stream | load | D | " + " | ".join(COMPETITORS) + " | Ferret best oacc % | unconstrained - Oracle |",
+            "|---|---|---|" + "---|" * (len(COMPETITORS) + 2),
+        ]
+        for st in streams:
+            for ld in loads:
+                for d in devices:
+                    h = reach(summ, st, ld, d, family)
+                    headline[f"{family}|{st}|{ld}|{d}"] = h
+                    cells = " | ".join(_ratio(h.get(c)) for c in COMPETITORS)
+                    gap = h.get("unconstrained_minus_oracle_points", float("nan"))
+                    lines.append(f"| {st} | {ld}x | {d} | {cells} | {100 * h['ferret_best_oacc']:.1f} | {gap:+.1f} |")
+    lines += [
+        "",
+        "## Equal memory: each pipeline strategy vs Ferret planned at its predicted memory",
+        "",
+        "| stream | load | D | strategy | its oacc % | Ferret @ its memory: plan, oacc % | difference (points) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    equal: dict[str, float] = {}
+    for (st, ld, d, m), a in summ.items():
+        b = summ.get((st, ld, d, f"Ferret @ M({m})"))
+        if a["group"] == "pipeline" and b:
+            diff = 100 * (np.array(b["oacc"]) - np.array(a["oacc"]))
+            equal[f"{st}|{ld}|{d}|{m}"] = float(diff.mean())
             lines.append(
-                f"| {st} | {ld}x | {' | '.join(cells)} | {100 * h['ferret_best_oacc']:.1f} | "
-                f"{h['unconstrained_minus_oracle_points']:+.1f} |"
+                f"| {st} | {ld}x | {d} | {m} | {_ms(a['oacc'])} | {b['plan']}, {_ms(b['oacc'])} | "
+                f"{diff.mean():+.1f} ± {diff.std():.1f} |"
             )
     lines += [
         "",
-        "## Equal memory: each pipeline strategy vs Ferret planned at its memory",
+        "## Compensation on (iter_fisher) vs off, and the OCL methods (class-incremental stream)",
         "",
-        "| stream | load | strategy | its oacc % | Ferret @ its memory: plan, oacc % | difference (points) |",
-        "|---|---|---|---|---|---|",
+        "| stream | load | D | row | plan | oacc % | test % | vs Ferret (unconstrained), points |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for st in streams:
-        for ld in loads:
-            for comp in ("GPipe", "DAPPLE", "PipeDream", "PipeDream-2BW"):
-                a, b = summ.get((st, ld, comp)), summ.get((st, ld, f"Ferret @ M({comp})"))
-                if a and b:
-                    d = 100 * (np.array(b["oacc"]) - np.array(a["oacc"]))
-                    lines.append(
-                        f"| {st} | {ld}x | {comp} | {_ms(a['oacc'])} | {b['plan']}, {_ms(b['oacc'])} | "
-                        f"{d.mean():+.1f} ± {d.std():.1f} |"
-                    )
-    for st in streams:
-        for ld in loads:
-            lines += [
-                "",
-                f"## {st}, load {ld}x",
-                "",
-                "| method | plan | memory KiB | versions KiB | oacc % | test % | dropped | agm vs 1-Skip | "
-                "agm vs DAPPLE | tagm vs 1-Skip | tagm vs DAPPLE |",
-                "|---|---|---|---|---|---|---|---|---|---|---|",
-            ]
-            for (a, b, m), s in summ.items():
-                if a != st or b != ld or s["group"] in ("sweep",):
-                    continue
-                vb = f"{s['version_bytes'] / 1024:.0f}" if s["version_bytes"] else "-"
-                scores = " | ".join(
-                    _ms(s[f"{k}_{ref}"], 1.0, 3) if s[f"{k}_{ref}"] else "-"
-                    for k in ("agm", "tagm")
-                    for ref in REFERENCES
-                )
-                lines.append(
-                    f"| {m} | {s['plan']} | {s['memory_bytes'] / 1024:.0f} | {vb} | {_ms(s['oacc'])} | "
-                    f"{_ms(s['test'])} | {s['dropped']:.0f} | {scores} |"
-                )
-    lines += [
-        "",
-        "## Compensation and OCL on the Ferret (unconstrained) plan",
-        "",
-        "| stream | load | method | oacc % | vs none (points) | test % | fallbacks |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    comp_summary: dict[str, Any] = {}
-    for st in streams:
-        for ld in loads:
-            base = summ.get((st, ld, "Ferret (unconstrained)"))
-            extra = [
-                (m, s) for (a, b, m), s in summ.items() if a == st and b == ld and s["group"] in ("compensation", "ocl")
-            ]
-            if not base or not extra:
+    extras: dict[str, float] = {}
+    for (st, ld, d, m), x in summ.items():
+        base = summ.get((st, ld, d, f"{FERRET} (unconstrained)"))
+        if base and (x["group"] in ("ocl", "nocomp") or m == f"{FERRET} (unconstrained)"):
+            if x["group"] == "nocomp" and "sweep" in m:
                 continue
-            for m, s in [("Ferret (unconstrained) (none / vanilla)", base), *extra]:
-                d = 100 * (np.array(s["oacc"]) - np.array(base["oacc"]))
-                comp_summary[f"{st}|{ld}|{m}"] = float(d.mean())
-                lines.append(
-                    f"| {st} | {ld}x | {m} | {_ms(s['oacc'])} | {d.mean():+.2f} ± {d.std():.2f} | "
-                    f"{_ms(s['test'])} | {s['fallbacks']} |"
-                )
-    files = plots(summ, curves, out_dir, streams, loads)
+            diff = 100 * (np.array(x["oacc"]) - np.array(base["oacc"]))
+            extras[f"{st}|{ld}|{d}|{m}"] = float(diff.mean())
+            lines.append(
+                f"| {st} | {ld}x | {d} | {m} | {x['plan']} | {_ms(x['oacc'])} | {_ms(x['test'])} | "
+                f"{diff.mean():+.1f} ± {diff.std():.1f} |"
+            )
+    for st in streams:
+        for ld in loads:
+            for d in devices:
+                lines += [
+                    "",
+                    f"## {st}, load {ld}x, D = {d}",
+                    "",
+                    "| method | plan | lr | predicted KiB | measured KiB | oacc % | test % | dropped |",
+                    "|---|---|---|---|---|---|---|---|",
+                ]
+                for (a, b, c, m), x in summ.items():
+                    if (a, b, c) == (st, ld, d) and x["group"] != "ocl":
+                        lines.append(
+                            f"| {m} | {x['plan']} | {x['lr']:g} | {_kib(x['memory_bytes'])} | "
+                            f"{_kib(x['measured_bytes'])} | {_ms(x['oacc'])} | {_ms(x['test'])} | {x['dropped']:.0f} |"
+                        )
+    files = [plot_memory(summ, out_dir, streams, loads, devices), plot_time(curves, out_dir, streams, loads, devices)]
     lines += ["", "## Plots", ""] + [f"![{f}]({f})" for f in files]
     summary = {
         "headline": headline,
-        "compensation_vs_none_points": comp_summary,
+        "equal_memory_points": equal,
+        "vs_ferret_unconstrained_points": extras,
         "methods": {
-            f"{a}|{b}|{m}": {k: (float(np.mean(v)) if isinstance(v, list) and v else v) for k, v in s.items()}
-            for (a, b, m), s in summ.items()
+            "|".join(map(str, k)): {f: (float(np.mean(v)) if isinstance(v, list) else v) for f, v in x.items()}
+            for k, x in summ.items()
         },
         "plots": files,
     }
