@@ -121,7 +121,7 @@ def check_model_and_checkpoint(config: Config) -> str | None:
     except Exception as exc:  # a user factory can raise anything
         what = f"factory {config.model.factory!r}" if config.model.name == "custom" else f"model {config.model.name!r}"
         return f"[model] {what} cannot be built ({type(exc).__name__}: {str(exc)[:200]})"
-    from ferretd.snapshot.export import ExportError, export_onnx
+    from ferretd.snapshot.to_onnx import ExportError, export_onnx
 
     try:  # ferret-infer serves ONNX: a model that cannot be exported would fail at every snapshot
         export_onnx(model, config.model.input_shape, config.snapshot.opset)

@@ -94,6 +94,7 @@ class SampleQueue:
         self._unscored = 0
         self._lock = threading.Lock()
         self._not_empty = threading.Condition(self._lock)
+        self._woken = False
         self._received = 0
         self._trained = 0
         self._in_flight = 0
@@ -187,15 +188,22 @@ class SampleQueue:
         """
 
         def ready() -> bool:
-            return bool(self._items) and (max_in_flight is None or self._in_flight < max_in_flight)
+            return self._woken or (bool(self._items) and (max_in_flight is None or self._in_flight < max_in_flight))
 
         with self._not_empty:
             if not ready() and timeout != 0:
                 self._not_empty.wait_for(ready, timeout=timeout)
+            self._woken = False
             room = len(self._items) if max_in_flight is None else max(0, max_in_flight - self._in_flight)
             batch = [self._items.popleft() for _ in range(min(max_items, len(self._items), room))]
             self._in_flight += len(batch)
             return batch
+
+    def wake(self) -> None:
+        """End a waiting ``take`` now, with whatever is ready (the loop has an event to handle)."""
+        with self._lock:
+            self._woken = True
+            self._not_empty.notify_all()
 
     def settle(self, trained: bool, reason: str = DropReason.ENGINE.value) -> None:
         """One in-flight sample finished: trained, or dropped with ``reason``."""

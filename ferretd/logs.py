@@ -12,6 +12,9 @@ Bad input can arrive thousands of times a second; :class:`RateLimitedLog` writes
 occurrence of each kind at once and afterwards at most one line per interval, carrying how many
 were suppressed in between. :class:`RoutineLog` does the same for healthy routine events (a
 snapshot saved, a model swapped): at most one info line per interval, the rest at debug.
+Each component keeps its own :class:`RateLimitedLog` (bad input at ingest, refused updates in
+the trainer, failed checkpoints, failed re-plans), so one kind of trouble never hides another.
+:class:`LogSettings` is the daemon's logging component (a reload applies the log level).
 """
 
 from __future__ import annotations
@@ -200,3 +203,16 @@ class RoutineLog:
                 due = True
         (self._logger.info if due else self._logger.debug)(event, **fields)
         return due
+
+
+class LogSettings:
+    """The logging component of the daemon: a reload applies ``[daemon] log_level``."""
+
+    def capture(self) -> dict[str, Any]:
+        return {}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Nothing in a checkpoint."""
+
+    def reconfigure(self, config: Any) -> None:
+        configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)

@@ -27,6 +27,9 @@ accepting them), in-flight microbatches finish, then the engine rebuilds its lan
 same weights. Nothing queued or accepted is lost.
 
 Only ``[pipeline] plan = "auto"`` re-plans; a manual plan is the operator's decision.
+
+As a daemon component the re-planner checkpoints the ``ferretctl budget`` cap (``capture`` /
+``restore``) and takes reloaded ``[planner]`` keys (``reconfigure``).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ import structlog
 
 from ferretd.config import Config
 from ferretd.engine.plan import Plan
+from ferretd.logs import RateLimitedLog
 from ferretd.planner.headroom import Headroom, read_headroom
 
 log = structlog.get_logger(__name__)
@@ -85,10 +89,11 @@ class Replanner:
         arrival_fn: ArrivalFn | None = None,
     ) -> None:
         self.config = config
-        self._headroom_fn = headroom_fn or (lambda: read_headroom(0, config.planner.safety_factor))
+        self._headroom_fn = headroom_fn or (lambda: read_headroom(0, self.config.planner.safety_factor))
         self._plan_fn = plan_fn
         self._arrival_fn = arrival_fn or (lambda: None)
         self.override_bytes: int | None = None
+        self._failures = RateLimitedLog(log)
         self.headroom: Headroom | None = None
         self.replans = 0
         self.last_reason = "start"
@@ -184,6 +189,24 @@ class Replanner:
             predicted_memory_bytes=new.predicted_memory_bytes,
         )
         return new
+
+    def failed(self, exc: BaseException) -> None:
+        """A periodic check found no plan (budget below the smallest feasible one): logged at most
+        once per 10 s on the re-planner's own channel; the running plan stays."""
+        self._failures.warning("replan_failed", "replan_failed", error=str(exc))
+
+    # ------------------------------------------------------------------ component
+
+    def capture(self) -> dict[str, Any]:
+        """Checkpoint part: the ``ferretctl budget`` cap, an operator decision that survives restarts."""
+        return {"override_bytes": self.override_bytes}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.override_bytes = state.get("override_bytes")
+
+    def reconfigure(self, config: Config) -> None:
+        """``[planner]`` keys; the caller re-plans (``auto``) so a new budget or limit takes effect."""
+        self.config = config
 
     def describe(self, running: Plan) -> dict[str, Any]:
         return {

@@ -1,9 +1,13 @@
-"""What ``ferretctl status`` and the systemd STATUS line report, assembled from thread-safe reads."""
+"""What ``ferretctl status`` and the systemd STATUS line report, assembled from thread-safe reads.
+
+The daemon passes its components in (:class:`StatusSources`); nothing here knows the daemon.
+"""
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -11,7 +15,13 @@ import psutil
 from ferretd import __version__
 
 if TYPE_CHECKING:
-    from ferretd.daemon import Daemon
+    from ferretd.components.checkpoints import CheckpointComponent
+    from ferretd.components.control import ControlComponent
+    from ferretd.components.ingest import IngestComponent
+    from ferretd.components.score import ScoreComponent
+    from ferretd.components.snapshots import SnapshotComponent
+    from ferretd.components.trainer import Trainer
+    from ferretd.ingest import LedgerSnapshot
 
 
 def memory_report() -> dict[str, Any]:
@@ -36,70 +46,74 @@ def plain(value: Any) -> Any:
     return str(value)
 
 
-def accuracy_report(daemon: Daemon, ledger: Any) -> dict[str, Any]:
+@dataclass(frozen=True)
+class StatusSources:
+    """The components a status report reads (all of them thread-safe to read)."""
+
+    ingest: IngestComponent
+    trainer: Trainer
+    score: ScoreComponent
+    snapshots: SnapshotComponent
+    checkpoints: CheckpointComponent
+    control: ControlComponent
+    model_name: str
+
+
+def accuracy_report(score: ScoreComponent, ingest: IngestComponent, ledger: LedgerSnapshot) -> dict[str, Any]:
     """Online accuracy over every valid arrival (trained, dropped or queued), and how many were trained.
 
     ``samples`` counts the arrivals scored so far (a dropped sample is scored when the loop gets to
     it); ``unscored`` those dropped beyond what the queue could keep aside for scoring;
     ``trained_share`` is trained / valid arrivals.
     """
-    report = daemon.score_summary()
+    report = score.summary()
     arrivals = ledger.received - sum(ledger.invalid.values())
     report["arrivals"] = arrivals
-    report["unscored"] = daemon.queue.unscored
+    report["unscored"] = ingest.queue.unscored
     report["trained_share"] = ledger.trained / arrivals if arrivals else None
     return report
 
 
-def socket_report(daemon: Daemon) -> dict[str, Any]:
+def socket_report(parts: StatusSources) -> dict[str, Any]:
     """Requests refused by each server socket (answered ``ok: false``), and handler errors on ingest."""
     return {
-        "control_errors": getattr(daemon.control, "errors", 0),
-        "snapshot_errors": getattr(daemon.snapshots, "errors", 0),
-        "ingest_handler_errors": getattr(daemon.ingest, "handler_errors", 0),
+        "control_errors": parts.control.errors,
+        "snapshot_errors": parts.snapshots.errors,
+        "ingest_handler_errors": parts.ingest.handler_errors,
     }
 
 
-def build_status(daemon: Daemon) -> dict[str, Any]:
-    ledger = daemon.queue.snapshot()
-    latest = daemon.store.latest()
+def build_status(parts: StatusSources, *, state: str, started_at: float, resumed_from: int | None) -> dict[str, Any]:
+    ledger = parts.ingest.queue.snapshot()
+    trainer = parts.trainer
     return plain({
         "version": __version__,
         "pid": os.getpid(),
-        "state": daemon.state,
-        "uptime_s": round(time.time() - daemon.started_at, 1),
+        "state": state,
+        "uptime_s": round(time.time() - started_at, 1),
         "counters": ledger.to_dict(),
-        "accuracy": accuracy_report(daemon, ledger),
-        "drift": daemon.drift.status(),
+        "accuracy": accuracy_report(parts.score, parts.ingest, ledger),
+        "drift": parts.score.drift.status(),
         "training": {
-            "updates": daemon.learner.updates,
-            "mean_delay_s": daemon.mean_train_delay_s(),
-            "model": daemon.config.model.name,
+            "updates": trainer.updates,
+            "mean_delay_s": trainer.mean_delay_s(),
+            "model": parts.model_name,
         },
-        "snapshot": {
-            "seq": latest.seq if latest else None,
-            "created_at": latest.created_at if latest else None,
-            "exported": daemon.exporter.exported,
-            "failed": daemon.exporter.failed,
-            "refused_nonfinite": daemon.exporter.refused_nonfinite,
-            "weights": daemon.config.snapshot.export,
-            "last_export_s": daemon.exporter.last_export_s,
-            "gate": daemon.gate.status() if daemon.gate.enabled else None,
-        },
-        "checkpoint": {**daemon.checkpoint_record.to_dict(), "resumed_from": daemon.resumed_from},
-        "sockets": socket_report(daemon),
+        "snapshot": parts.snapshots.status(),
+        "checkpoint": parts.checkpoints.status(resumed_from),
+        "sockets": socket_report(parts),
         "memory": memory_report(),
-        "engine": daemon.learner.status(),
-        "plan": daemon.plan.to_dict(),
+        "engine": trainer.learner.status(),
+        "plan": trainer.plan.to_dict(),
     })
 
 
-def status_line(daemon: Daemon) -> str:
+def status_line(parts: StatusSources, state: str) -> str:
     """One line for systemd's STATUS= and the journal."""
-    ledger = daemon.queue.snapshot()
-    acc = daemon.score_summary()["online_accuracy"]
+    ledger = parts.ingest.queue.snapshot()
+    acc = parts.score.summary()["online_accuracy"]
     acc_text = f"{acc:.3f}" if acc is not None else "n/a"
     return (
-        f"{daemon.state}: received {ledger.received}, trained {ledger.trained}, "
-        f"queued {ledger.queued}, oacc {acc_text} (all arrivals), updates {daemon.learner.updates}"
+        f"{state}: received {ledger.received}, trained {ledger.trained}, "
+        f"queued {ledger.queued}, oacc {acc_text} (all arrivals), updates {parts.trainer.updates}"
     )

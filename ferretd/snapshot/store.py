@@ -4,7 +4,7 @@ Write order makes a snapshot visible only when complete: the model is written at
 first, then its manifest (also atomically); readers only ever look for manifests. Pruning
 removes the manifest before the model. Sequence numbers continue from the highest manifest on
 disk, so they never go backwards across restarts and subscribers can ignore old ones.
-Stdlib only; the ONNX bytes come from ``snapshot.export``.
+Stdlib only; the ONNX bytes come from ``snapshot.to_onnx``.
 
 Readers (ferret-infer) open the store with ``writable=False``: nothing is created or removed,
 so a read-only state directory with a stale temp file in it still serves. :meth:`read` goes

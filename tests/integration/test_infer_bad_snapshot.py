@@ -12,8 +12,8 @@ import zmq
 from ferretd.inference.server import InferenceServer
 from ferretd.messages import SnapshotManifest
 from ferretd.models import mlp
-from ferretd.snapshot.export import export_onnx
 from ferretd.snapshot.manifest import sha256_hex
+from ferretd.snapshot.to_onnx import export_onnx
 from tests.integration.harness import config_from, wait_for, write_config
 from transports.client import InferenceClient
 from transports.zmq_snapshots import SnapshotService

@@ -12,9 +12,9 @@ import zmq
 
 from ferretd.inference.server import InferenceServer
 from ferretd.models import mlp
-from ferretd.snapshot.export import export_onnx
 from ferretd.snapshot.manifest import model_name, sha256_hex
 from ferretd.snapshot.store import SnapshotStore
+from ferretd.snapshot.to_onnx import export_onnx
 from tests.integration.harness import config_from, wait_for, write_config
 from tests.integration.test_infer_bad_snapshot import manifest_for
 from transports.client import InferenceClient

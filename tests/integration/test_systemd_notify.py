@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from ferretd import lifecycle
+from ferretd import health as health_rules
 from ferretd.systemd import Notifier
 from tests.integration.harness import ThreadedDaemon, child_env, config_from, digits, wait_for, write_config
 from transports.client import SamplePublisher
@@ -93,7 +93,7 @@ def test_ready_watchdog_status_reloading_stopping(ipc_dir, systemd, tmp_path):
 def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd, monkeypatch):
     """The pipeline engine hangs in its lanes while the loop thread keeps turning: pings must stop
     once nothing was trained for STALL_S although the loop itself is alive, and resume after."""
-    monkeypatch.setattr(lifecycle, "STALL_S", 1.0)
+    monkeypatch.setattr(health_rules, "STALL_S", 1.0)
     config = config_from(write_config(ipc_dir, pipeline={"plan": "manual", "stages": 2, "workers": 1}))
     notifier = Notifier({"NOTIFY_SOCKET": systemd.path, "WATCHDOG_USEC": "400000"})
     with ThreadedDaemon(config, notifier=notifier) as td:
@@ -115,7 +115,7 @@ def test_watchdog_stops_while_the_engine_is_stalled(ipc_dir, systemd, monkeypatc
                 publisher.publish(features, int(label))
         try:
             wait_for(lambda: daemon.queue.snapshot().received == 5, what="the samples arrive")
-            time.sleep(lifecycle.STALL_S + 0.3)
+            time.sleep(health_rules.STALL_S + 0.3)
             systemd.collect(0.3)  # datagrams sent before the stall was noticed
             systemd.messages.clear()
             systemd.collect(1.5)

@@ -20,8 +20,8 @@ import zmq
 from ferretd.config import load_config
 from ferretd.messages import SnapshotManifest
 from ferretd.models import mlp
-from ferretd.snapshot.export import export_onnx
 from ferretd.snapshot.manifest import sha256_hex
+from ferretd.snapshot.to_onnx import export_onnx
 from transports.client import InferenceClient
 from transports.zmq_snapshots import SnapshotService
 

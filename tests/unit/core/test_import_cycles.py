@@ -136,7 +136,20 @@ def test_no_module_level_import_cycle():
 
 @pytest.mark.parametrize(
     "module",
-    ["ferretd.config.load", "ferretd.config.schema", "ferretd.config", "ferretd.lifecycle", "ferretd.daemon"],
+    [
+        "ferretd.config.load",
+        "ferretd.config.schema",
+        "ferretd.config.live",
+        "ferretd.config",
+        "ferretd.lifecycle",
+        "ferretd.status",
+        "ferretd.health",
+        "ferretd.events",
+        "ferretd.components.trainer",
+        "ferretd.components.snapshots",
+        "ferretd.components.checkpoints",
+        "ferretd.daemon",
+    ],
 )
 def test_imported_first_in_a_fresh_interpreter(module):
     if module not in all_modules():

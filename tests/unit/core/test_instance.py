@@ -7,8 +7,8 @@ import os
 
 import pytest
 
+from ferretd.health import DropWindow, HealthIssues
 from ferretd.instance import InstanceError, InstanceLock, check_runtime_dir
-from ferretd.lifecycle import DropWindow, HealthIssues
 
 
 def test_a_missing_runtime_directory_is_created_private(tmp_path):

@@ -10,9 +10,9 @@ import torch
 from ferretd.config import Config, ModelConfig
 from ferretd.inference.session import SnapshotRejected, build_model
 from ferretd.models import mlp
-from ferretd.snapshot.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
-from ferretd.snapshot.exporter import NonFiniteWeights, SnapshotExporter
+from ferretd.snapshot.export_worker import NonFiniteWeights, SnapshotExporter
 from ferretd.snapshot.store import SnapshotStore
+from ferretd.snapshot.to_onnx import INPUT_NAME, OUTPUT_NAMES, export_onnx
 
 
 def nan_model() -> torch.nn.Module:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from ferretd.models import convnet, mlp
-from ferretd.snapshot.export import export_onnx
 from ferretd.snapshot.store import SnapshotStore
+from ferretd.snapshot.to_onnx import export_onnx
 
 FIELDS = dict(
     created_at=0.0,

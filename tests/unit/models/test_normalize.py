@@ -9,7 +9,7 @@ import torch
 
 from ferretd.models import mlp
 from ferretd.models.normalize import Normalized, RunningNorm, make_norm, wrap_export
-from ferretd.snapshot.export import export_onnx
+from ferretd.snapshot.to_onnx import export_onnx
 
 SCALES = np.array([1e-3, 1e-1, 1.0, 1e2, 1e4, 1e6])
 

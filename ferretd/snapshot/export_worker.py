@@ -25,8 +25,8 @@ from torch import nn
 
 from ferretd.config import Config
 from ferretd.logs import RateLimitedLog, RoutineLog
-from ferretd.snapshot.export import INPUT_NAME, OUTPUT_NAMES, export_onnx
 from ferretd.snapshot.store import SnapshotStore
+from ferretd.snapshot.to_onnx import INPUT_NAME, OUTPUT_NAMES, export_onnx
 
 log = structlog.get_logger(__name__)
 

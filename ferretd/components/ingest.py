@@ -1,0 +1,135 @@
+"""The ingest component: the ingest socket, the decoder, the bounded sample queue and its ledger.
+
+The ingest thread (:class:`transports.zmq_ingest.IngestServer`) calls :meth:`handle_frame`,
+which decodes and validates a frame and offers it to the :class:`~ferretd.ingest.SampleQueue`;
+every frame ends in exactly one counter. Bad input is logged at most once per 10 s per reason
+on its own channel (``bad_input``). The component also samples the ledger for the health
+check's recent-drop window (about once a second, loop thread).
+
+Checkpoint part: the ledger. On restore, samples that were waiting or in flight when the
+checkpoint was written are counted as dropped (``restart``): they were lost with the process.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+import zmq
+
+from ferretd.config import Config
+from ferretd.health import DropWindow
+from ferretd.ingest import SampleQueue
+from ferretd.logs import RateLimitedLog
+from ferretd.messages import DropReason, RejectReason
+from transports.codec import Rejected, SampleDecoder
+from transports.zmq_ingest import IngestServer
+
+log = structlog.get_logger("ferretd")
+
+
+class IngestComponent:
+    def __init__(self, config: Config) -> None:
+        cfg = config.ingest
+        self._config = config
+        self.queue = SampleQueue(cfg.queue_capacity, cfg.overflow, cfg.max_devices)
+        """Replaced only by :meth:`reset`, before any thread starts; read it through this attribute."""
+        self.decoder = SampleDecoder(config.model.input_shape, config.model.num_classes, cfg.max_message_bytes)
+        self.bad_input = RateLimitedLog(log)
+        self.drop_window = DropWindow(config.metrics.drop_window_s)
+        self._next_drop_observe = 0.0
+        self.server: IngestServer | None = None
+
+    # ------------------------------------------------------------------ ingest thread
+
+    def handle_frame(self, frame: bytes | None, received_at: float) -> None:
+        if frame is None:
+            self._reject(RejectReason.MALFORMED, "multipart message")
+            return
+        try:
+            sample = self.decoder.decode(frame, received_at)
+        except Rejected as exc:
+            self._reject(exc.reason, exc.detail)
+            return
+        if not self.queue.offer(sample):
+            self.bad_input.warning(
+                "queue_full", "sample_dropped", reason=DropReason.QUEUE_FULL.value, policy=self.queue.overflow
+            )
+
+    def _reject(self, reason: RejectReason, detail: str) -> None:
+        self.queue.reject(reason)
+        self.bad_input.warning(f"invalid:{reason.value}", "sample_rejected", reason=reason.value, detail=detail)
+
+    # ------------------------------------------------------------------ loop thread
+
+    def bind(self, context: zmq.Context, curve: Any) -> None:
+        cfg = self._config.ingest
+        self.server = IngestServer(
+            context,
+            cfg.endpoint,
+            self.handle_frame,
+            max_message_bytes=cfg.max_message_bytes,
+            rcvhwm=cfg.rcvhwm,
+            curve=curve,
+        )
+
+    def start(self) -> None:
+        if self.server is not None:
+            self.server.start()
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+    @property
+    def handler_errors(self) -> int:
+        return getattr(self.server, "handler_errors", 0)
+
+    def observe_drops(self) -> None:
+        """Feed the health check's recent-drop window (about once a second)."""
+        now = time.monotonic()
+        if now < self._next_drop_observe:
+            return
+        self._next_drop_observe = now + self.drop_window.every_s
+        ledger = self.queue.snapshot()
+        accepted = ledger.received - sum(ledger.invalid.values())
+        self.drop_window.observe(now, accepted, sum(ledger.dropped.values()))
+
+    # ------------------------------------------------------------------ component
+
+    def capture(self) -> dict[str, Any]:
+        ledger = self.queue.snapshot()
+        return {
+            "ledger": {
+                "received": ledger.received,
+                "trained": ledger.trained,
+                "dropped": ledger.dropped,
+                "invalid": ledger.invalid,
+                "waiting": ledger.waiting,
+                "in_flight": ledger.in_flight,
+            }
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        ledger = state["ledger"]
+        dropped = dict(ledger["dropped"])
+        lost = self.lost_in_restart(state)
+        if lost:
+            dropped["restart"] = dropped.get("restart", 0) + lost
+        self.queue.restore_counts(ledger["received"], ledger["trained"], dropped, ledger["invalid"])
+
+    @staticmethod
+    def lost_in_restart(state: dict[str, Any]) -> int:
+        ledger = state["ledger"]
+        return int(ledger.get("waiting", 0)) + int(ledger.get("in_flight", 0))
+
+    def reconfigure(self, config: Config) -> None:
+        """``[ingest] queue_capacity`` and ``overflow``: a smaller queue drops its oldest."""
+        self._config = config
+        self.queue.reconfigure(config.ingest.queue_capacity, config.ingest.overflow)
+
+    def reset(self) -> None:
+        """A fresh queue (after a resume that failed half-way, before any sample arrived)."""
+        cfg = self._config.ingest
+        self.queue = SampleQueue(cfg.queue_capacity, cfg.overflow, cfg.max_devices)
