@@ -121,6 +121,15 @@ DIVERGED_NONFINITE = "diverged_nonfinite"
 DIVERGED_EXPLODING = "diverged_exploding"
 
 
+def _squared_norms(tensors: list[Tensor]) -> list[float]:
+    """Squared 2-norms of ``tensors`` (float64) from one fused norm call and one device sync."""
+    norms = torch._foreach_norm(tensors)
+    device = norms[0].device
+    if any(n.device != device for n in norms):  # stages on several devices: gather first
+        norms = [n.to(device) for n in norms]
+    return torch.stack(norms).double().pow(2).tolist()  # type: ignore[no-any-return]
+
+
 class DivergenceGuard:
     """Decides whether an update may be applied (``[training] guard_*``).
 
@@ -159,23 +168,27 @@ class DivergenceGuard:
         return None
 
     def check_update(self, old: Sequence[Tensor], new: Sequence[Tensor]) -> str | None:
-        """New weights of one update: None if they may be published, else the reason."""
+        """New weights of one update: None if they may be published, else the reason.
+
+        One fused norm call and one device sync. With the step check on, the norms are those of
+        ``new - old`` and of ``old``: the old weights were accepted (finite), so a NaN or an
+        infinity in the new weights shows in the step's norm, and only then are the new weights'
+        own norms taken, to tell a non-finite weight from a finite step too large to measure.
+        """
         if not new:
             return None
         k = len(new)
-        with torch.no_grad():  # per-tensor norms in a few fused calls and one device sync
-            norms = list(torch._foreach_norm(list(new)))
+        with torch.no_grad():
             if self.step_ratio > 0:
-                norms += torch._foreach_norm(torch._foreach_sub(list(new), list(old)))
-                norms += torch._foreach_norm(list(old))
-            squares = torch.stack([n.to(norms[0].device) for n in norms]).double().pow(2).tolist()
-        if not math.isfinite(sum(squares[:k])):  # a NaN or infinity anywhere in the new weights
-            return DIVERGED_NONFINITE
-        if self.step_ratio > 0:
-            step, norm = math.sqrt(sum(squares[k : 2 * k])), math.sqrt(sum(squares[2 * k :]))
-            if step > self.step_ratio * max(norm, 1.0):
-                return DIVERGED_EXPLODING
-        return None
+                squares = _squared_norms([*torch._foreach_sub(list(new), list(old)), *old])
+                step_sq, norm_sq = sum(squares[:k]), sum(squares[k:])
+                if math.isfinite(step_sq):
+                    return DIVERGED_EXPLODING if step_sq > self.step_ratio**2 * max(norm_sq, 1.0) else None
+            if not math.isfinite(sum(_squared_norms(list(new)))):  # a NaN or infinity in the new weights
+                return DIVERGED_NONFINITE
+        if self.step_ratio > 0 and math.isfinite(norm_sq):  # finite weights, a step beyond float range
+            return DIVERGED_EXPLODING
+        return None  # no step check, or non-finite old weights: no norm to compare a step with
 
     def refused(self, reason: str) -> None:
         with self._lock:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -130,6 +131,39 @@ def test_guard_classifies_losses_and_updates():
     assert guard.check_update(old, (torch.full((10,), 50.0),)) == DIVERGED_EXPLODING
     assert guard.check_update(old, (torch.tensor([float("inf")] * 10),)) == DIVERGED_NONFINITE
     assert DivergenceGuard(loss_factor=0.0, step_ratio=0.0).check_update(old, (torch.full((10,), 50.0),)) is None
+
+
+def _guard_by_definition(old, new, step_ratio):
+    """The guard's documented rule, per tensor and in float64 (the reference for the fused check)."""
+    if not all(torch.isfinite(t).all() for t in new):
+        return DIVERGED_NONFINITE
+    if step_ratio > 0:
+        step = math.sqrt(sum(float((n.double() - o.double()).norm()) ** 2 for o, n in zip(old, new, strict=True)))
+        norm = math.sqrt(sum(float(o.double().norm()) ** 2 for o in old))
+        if step > step_ratio * max(norm, 1.0):
+            return DIVERGED_EXPLODING
+    return None
+
+
+def test_fused_guard_decides_like_its_definition():
+    """One fused norm call over the step and the old weights (the lean path) must refuse exactly
+    what the per-tensor rule refuses: a NaN or inf hidden in one tensor of several, a step past
+    the float range, a step just over or under the ratio, and no step check at ratio 0."""
+    big = 3e38
+    base = (torch.ones(3, 4), torch.full((5,), 2.0), torch.zeros(2))
+    cases = [
+        (base, tuple(t + 0.01 for t in base)),
+        (base, (base[0], torch.tensor([1.0, float("nan"), 1.0, 1.0, 1.0]), base[2])),
+        (base, (base[0], base[1], torch.tensor([0.0, float("-inf")]))),
+        (base, tuple(t * 3.0 for t in base)),  # step 2x the norm
+        (base, tuple(t * 1.9 for t in base)),  # step 0.9x the norm
+        ((torch.full((1,), -big),), (torch.full((1,), big),)),  # finite weights, step beyond float32
+        ((torch.full((4,), float("inf")),), (torch.ones(4),)),  # non-finite old weights
+    ]
+    for ratio in (1.0, 0.5, 0.0):
+        guard = DivergenceGuard(loss_factor=100.0, step_ratio=ratio)
+        for old, new in cases:
+            assert guard.check_update(old, new) == _guard_by_definition(old, new, ratio), (ratio, old, new)
 
 
 def _outcomes() -> tuple[list[LearnOutcome], object]:
