@@ -14,8 +14,8 @@ state (running / paused / stopping, heartbeat, progress) and asks components to 
   ``restore``; **reload** is :func:`ferretd.config.diff_live`, then ``reconfigure`` on each
   component it names; **health** is :func:`ferretd.health.assess` of a status snapshot.
 
-Read-only attributes used by the control handlers and tests (``queue``, ``learner``, ``plan``,
-``store``, ``exporter``, ...) are properties over the components.
+The control handlers and tests read ``queue``, ``learner``, ``plan``, ``store``, ``exporter``:
+properties over the components.
 """
 
 from __future__ import annotations
@@ -37,21 +37,22 @@ from ferretd.components.ingest import IngestComponent
 from ferretd.components.score import ScoreComponent
 from ferretd.components.snapshots import SnapshotComponent
 from ferretd.components.trainer import Trainer
-from ferretd.config import Config, ConfigError, diff_live, load_config
+from ferretd.config import Config, ConfigError
 from ferretd.engine.learner import OnlineLearner
 from ferretd.engine.plan import Plan
 from ferretd.events import CallEvent, Event, EventQueue, SignalEvent
-from ferretd.health import HealthIssues, HealthSnapshot
+from ferretd.health import HealthIssues, Liveness
 from ferretd.history import History
 from ferretd.ingest import SampleQueue
 from ferretd.instance import InstanceLock, check_runtime_dir
 from ferretd.learners import plan_from_config
 from ferretd.logs import LogSettings
-from ferretd.messages import DropReason, Sample
+from ferretd.messages import Sample
 from ferretd.replan import Replanner
+from ferretd.shutdown import ShutdownBudget, drain
 from ferretd.snapshot.export_worker import SnapshotExporter
 from ferretd.snapshot.store import SnapshotStore
-from ferretd.status import StatusSources, build_status, status_line
+from ferretd.status import StatusSources, build_status, health_snapshot, snapshot_meta, status_line
 from ferretd.systemd import Notifier
 from transports.security import KeyFileError, server_keys_from, start_authenticator
 
@@ -102,35 +103,14 @@ class Daemon:
         plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
         self.trainer = Trainer(config, plan, settle=lambda trained, reason: self.queue.settle(trained, reason))
         self.score = ScoreComponent(config, learner=lambda: self.learner)
-        self.snapshots = SnapshotComponent(config)
+        self.snapshots = SnapshotComponent(config, lambda: self.learner, meta=lambda: snapshot_meta(self.sources))
         self.checkpoints = CheckpointComponent(config)
         self.control = ControlComponent(config)
         self.logging = LogSettings()
         self.history = History(config.metrics.history_every_s, config.metrics.history_points)
         self.health_issues = HealthIssues()
         self.events = EventQueue(wake=lambda: self.queue.wake())
-        self.sources = StatusSources(
-            self.ingest, self.trainer, self.score, self.snapshots, self.checkpoints, self.control, config.model.name
-        )
-        self._stop_requested = False
-        self.paused = False
-        self.loop_heartbeat = time.monotonic()
-        self.last_progress_at = time.monotonic()
-        self._last_trained = 0
-        self.resumed_from = self.checkpoints.resume_newest(
-            self.trainer.model_template(), self._restore, self._reset_learning_state, self.health_issues
-        )
-        if self.resumed_from is not None:
-            self.snapshots.cadence.mark(self.learner.updates)
-            self.checkpoints.cadence.mark(self.learner.updates)
-            self._last_trained = self.queue.snapshot().trained
-
-    # ------------------------------------------------------------------ the components
-
-    @property
-    def components(self) -> dict[str, Any]:
-        """Every component by name (the names :func:`ferretd.config.diff_live` reports)."""
-        return {
+        self.components: dict[str, Any] = {  # by the names config.diff_live reports
             "ingest": self.ingest,
             "trainer": self.trainer,
             "score": self.score,
@@ -140,6 +120,22 @@ class Daemon:
             "replanner": self.replanner,
             "logging": self.logging,
         }
+        self.sources = StatusSources(
+            self.ingest, self.trainer, self.score, self.snapshots, self.checkpoints, self.control, config.model.name
+        )
+        self._stop_requested = False
+        self.paused = False
+        self.liveness = Liveness()
+        self.resumed_from = self.checkpoints.resume_newest(
+            self.trainer.model_template(),
+            lambda state: lifecycle.restore_checkpoint(self._checkpointed(), state),
+            self._reset_learning_state,
+            self.health_issues,
+        )
+        if self.resumed_from is not None:
+            self.snapshots.cadence.mark(self.learner.updates)
+            self.checkpoints.cadence.mark(self.learner.updates)
+            self.liveness.resumed(self.queue.snapshot().trained)
 
     def _checkpointed(self) -> tuple[Any, ...]:
         """The components whose state a checkpoint holds, in restore order (the learner first)."""
@@ -165,24 +161,6 @@ class Daemon:
     def exporter(self) -> SnapshotExporter:
         return self.snapshots.exporter
 
-    def model_template(self) -> torch.nn.Module:
-        return self.trainer.model_template()
-
-    def in_flight_cap(self) -> int:
-        return self.trainer.in_flight_cap()
-
-    def _restore(self, seq: int, state: dict[str, Any]) -> None:
-        lifecycle.restore_checkpoint(self._checkpointed(), state)
-        log.info(
-            "resumed_from_checkpoint",
-            seq=seq,
-            updates=self.learner.updates,
-            received=state["ledger"]["received"],
-            trained=state["ledger"]["trained"],
-            lost_in_restart=IngestComponent.lost_in_restart(state),
-            saved_reason=state.get("reason"),
-        )
-
     def _reset_learning_state(self) -> None:
         """Back to a fresh start after a resume that failed half-way (``__init__`` only)."""
         self.trainer.reset()
@@ -201,31 +179,17 @@ class Daemon:
     def score_summary(self) -> dict[str, Any]:
         return self.score.summary()
 
-    def health_snapshot(self) -> HealthSnapshot:
-        now = time.monotonic()
-        ledger = self.queue.snapshot()
-        drop = self.ingest.drop_window.share()
-        record = self.checkpoints.record
-        diverged_at = self.trainer.last_divergence_at
-        return HealthSnapshot(
-            state=self.state,
-            balanced=ledger.balanced,
-            queued=ledger.queued,
-            paused=self.paused,
-            loop_idle_s=now - self.loop_heartbeat,
-            since_progress_s=now - self.last_progress_at,
-            export_failed=self.exporter.last_failed,
-            checkpoint_error=record.last_error if record.last_failed else None,
-            drop_share=drop[0] if drop else None,
-            drop_window_samples=drop[1] if drop else 0,
-            max_drop_share=self.config.metrics.max_drop_share,
-            issues=tuple(self.health_issues.reasons()),
-            since_divergence_s=None if diverged_at is None else now - diverged_at,
-        )
-
     def health(self) -> dict[str, Any]:
         """``ferretctl health``: 0 healthy, 1 degraded, 2 down (rules in :mod:`ferretd.health`)."""
-        return health.assess(self.health_snapshot())
+        snapshot = health_snapshot(
+            self.sources,
+            state=self.state,
+            paused=self.paused,
+            liveness=self.liveness,
+            issues=self.health_issues,
+            max_drop_share=self.config.metrics.max_drop_share,
+        )
+        return health.assess(snapshot)
 
     # ------------------------------------------------------------------ events (any thread)
 
@@ -302,7 +266,7 @@ class Daemon:
             return EXIT_FAILURE
 
     def _turn(self) -> None:
-        self.loop_heartbeat = time.monotonic()
+        self.liveness.beat()
         self.ingest.observe_drops()
         self._handle_events()
         if self.paused:
@@ -310,11 +274,11 @@ class Daemon:
             self._handle(self.events.get(timeout=TICK_S))
         else:
             for sample in self.queue.take(
-                self.config.training.microbatch, timeout=TICK_S, max_in_flight=self.in_flight_cap()
+                self.config.training.microbatch, timeout=TICK_S, max_in_flight=self.trainer.in_flight_cap()
             ):
                 self._process(sample)
             self.score.score_dropped(self.queue.take_dropped)
-        self._maybe_snapshot()
+        self.snapshots.maybe()
         self._maybe_checkpoint()
         self.history.maybe_record(self)
         if self.replanner.due():
@@ -328,14 +292,8 @@ class Daemon:
         self.trainer.learn(sample)
 
     def _training_progressing(self) -> bool:
-        """For the watchdog: trained moved, or there is nothing to train, or we are paused on purpose."""
         ledger = self.queue.snapshot()
-        now = time.monotonic()
-        if ledger.trained != self._last_trained or ledger.queued == 0 or self.paused:
-            self._last_trained = ledger.trained
-            self.last_progress_at = now
-            return True
-        return now - self.last_progress_at < health.STALL_S
+        return self.liveness.progressing(ledger.trained, ledger.queued, self.paused)
 
     # ------------------------------------------------------------------ operator actions (loop thread)
 
@@ -345,16 +303,11 @@ class Daemon:
         try:
             if self.config_path is None:
                 return {"applied": [], "needs_restart": [], "note": "running on embedded defaults: nothing to reload"}
-            diff = diff_live(self.config, load_config(self.config_path))
+            diff = lifecycle.reload_components(self.components, self.config, self.config_path)
             self.config = diff.merged
-            for name in sorted(diff.components):
-                self.components[name].reconfigure(diff.merged)
-            replanned = None
-            if diff.changes("replanner") and self.replanner.auto:
-                replanned = self.replan(force=True, reason="reload")
-            applied, needs_restart = list(diff.applied), list(diff.needs_restart)
-            log.info("config_reloaded", path=self.config_path, applied=applied, needs_restart=needs_restart)
-            return {"applied": applied, "needs_restart": needs_restart, "replan": replanned}
+            replan = diff.changes("replanner") and self.replanner.auto
+            replanned = self.replan(force=True, reason="reload") if replan else None
+            return {"applied": list(diff.applied), "needs_restart": list(diff.needs_restart), "replan": replanned}
         finally:
             self.notifier.ready(self.status_line())
 
@@ -382,73 +335,42 @@ class Daemon:
 
     def replan(self, *, force: bool = False, reason: str = "headroom") -> dict[str, Any]:
         """Check the budget and apply a new plan at a safe point if the planner finds one."""
-        try:
-            new = self.replanner.check(self.plan, force=force, reason=reason)
-        except ValueError as exc:  # manual plan, or budget below the smallest feasible plan
-            if force:
-                raise
-            self.replanner.failed(exc)
-            return {"changed": False, "error": str(exc)}
-        if new is None:
-            return {"changed": False, "plan": self.plan.to_dict()}
-        if not self.trainer.switch_plan(new, timeout=self.config.daemon.shutdown_timeout_s):
-            log.error("replan_not_applied", detail="in-flight microbatches did not drain in time")
-            return {"changed": False, "error": "could not drain in-flight work in time"}
-        self.notifier.status(self.status_line())
-        return {"changed": True, "plan": new.to_dict(), "describe": new.describe()}
+        return self._plan_changed(self.replanner.replan(self.trainer, force=force, reason=reason))
 
     def set_budget(self, budget_bytes: int) -> dict[str, Any]:
         """``ferretctl budget``: an absolute cap on the plan's memory (0 clears it), then re-plan."""
-        previous = self.replanner.override_bytes
-        self.replanner.override_bytes = budget_bytes or None
-        try:
-            return self.replan(force=True, reason=f"ferretctl budget {budget_bytes}")
-        except ValueError:
-            self.replanner.override_bytes = previous
-            raise
+        return self._plan_changed(self.replanner.set_budget(self.trainer, budget_bytes))
+
+    def _plan_changed(self, result: dict[str, Any]) -> dict[str, Any]:
+        if result["changed"]:
+            self.notifier.status(self.status_line())
+        return result
 
     def snapshot_now(self) -> concurrent.futures.Future[Any]:
         """Hand a consistent copy of the weights to the exporter, bypassing the promotion gate."""
-        return self.snapshots.publish(self.learner.updates, self.learner.export_module(), self._snapshot_meta())
-
-    def _maybe_snapshot(self) -> None:
-        if self.snapshots.due(self.learner.updates):
-            self.snapshots.periodic(self.learner.updates, self.learner.export_module(), self._snapshot_meta())
-
-    def _snapshot_meta(self) -> dict[str, Any]:
-        return {
-            "updates": self.learner.updates,
-            "samples_trained": self.queue.snapshot().trained,
-            "online_accuracy": self.score.summary()["online_accuracy"],
-        }
+        return self.snapshots.now()
 
     # ------------------------------------------------------------------ shutdown
 
-    # Shares of ``shutdown_timeout_s``: draining the queue ends at DRAIN, the engine flush at FLUSH;
-    # the checkpoint comes next (always attempted: it is the state), then the snapshot only if the
-    # time left covers its expected export time; CLOSE is kept back for closing the sockets.
-    SHUTDOWN_DRAIN, SHUTDOWN_FLUSH, SHUTDOWN_CLOSE = 0.4, 0.5, 0.1
-
     def shutdown(self, final_snapshot: bool = True) -> int:
         """Stop accepting, train what is queued, final checkpoint and snapshot, close: all within
-        ``[daemon] shutdown_timeout_s`` (see the SHUTDOWN_* shares). Returns the exit code:
-        ``EXIT_CHECKPOINT_FAILED`` when the final checkpoint could not be written."""
+        ``[daemon] shutdown_timeout_s`` (shares in :class:`ferretd.shutdown.ShutdownBudget`). Returns
+        the exit code: ``EXIT_CHECKPOINT_FAILED`` when the final checkpoint could not be written."""
         self.state = "stopping"
         self.notifier.stopping("stopping: draining queue")
         self.ingest.stop()
-        started = time.monotonic()
-        budget = self.config.daemon.shutdown_timeout_s
-        deadline = started + budget
-        drain_until = started + self.SHUTDOWN_DRAIN * budget
-        while time.monotonic() < drain_until and len(self.queue):
-            self._handle_events()
-            for sample in self.queue.take(
-                self.config.training.microbatch, timeout=TICK_S, max_in_flight=self.in_flight_cap()
-            ):
-                self._process(sample)
-        dropped = self.queue.drop_waiting(DropReason.SHUTDOWN)
-        self.score.score_dropped(self.queue.take_dropped, until=drain_until)
-        self.trainer.flush(max(0.0, started + self.SHUTDOWN_FLUSH * budget - time.monotonic()))
+        budget = ShutdownBudget(time.monotonic(), self.config.daemon.shutdown_timeout_s)
+        dropped = drain(
+            self.queue,
+            self.trainer,
+            self.score,
+            microbatch=self.config.training.microbatch,
+            wait_s=TICK_S,
+            process=self._process,
+            between=self._handle_events,
+            until=budget.drain_until,
+        )
+        self.trainer.flush(budget.left(budget.flush_until))
         code = EXIT_OK
         if final_snapshot:
             try:
@@ -456,9 +378,8 @@ class Daemon:
             except Exception as exc:
                 code = EXIT_CHECKPOINT_FAILED
                 log.error("final_checkpoint_failed", error=f"{type(exc).__name__}: {exc}", exit_code=code)
-            until = deadline - self.SHUTDOWN_CLOSE * budget
-            self.snapshots.final(self.learner.updates, self.learner.export_module, self._snapshot_meta, until)
-        self.snapshots.stop_exporter(timeout=max(0.1, deadline - time.monotonic()))
+            self.snapshots.final(budget.snapshot_until)
+        self.snapshots.stop_exporter(timeout=max(0.1, budget.left(budget.deadline)))
         self._handle_events()
         self.control.stop()
         self.snapshots.close_sockets()
@@ -468,7 +389,7 @@ class Daemon:
         log.info(
             "ferretd_stopped",
             dropped_at_shutdown=dropped,
-            shutdown_s=round(time.monotonic() - started, 3),
+            shutdown_s=round(time.monotonic() - budget.started, 3),
             exit_code=code,
             **self.queue.snapshot().to_dict(),
             **self.score.summary(),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -67,6 +68,32 @@ def assess(snap: HealthSnapshot) -> dict[str, Any]:
     if snap.since_divergence_s is not None and snap.since_divergence_s < DIVERGED_RECENT_S:
         reasons.append(f"a training update diverged {snap.since_divergence_s:.0f} s ago and was discarded")
     return {"code": 1 if reasons else 0, "status": "degraded" if reasons else "healthy", "reasons": reasons}
+
+
+class Liveness:
+    """The loop's heartbeat and training progress, for health and the systemd watchdog."""
+
+    def __init__(self) -> None:
+        self.heartbeat = time.monotonic()
+        self.last_progress_at = time.monotonic()
+        self._last_trained = 0
+
+    def beat(self) -> None:
+        """The loop turned."""
+        self.heartbeat = time.monotonic()
+
+    def resumed(self, trained: int) -> None:
+        self._last_trained = trained
+
+    def progressing(self, trained: int, queued: int, paused: bool) -> bool:
+        """Trained moved, or there is nothing to train, or training is paused on purpose; else
+        whether the last progress is less than ``STALL_S`` old (the watchdog pings only then)."""
+        now = time.monotonic()
+        if trained != self._last_trained or queued == 0 or paused:
+            self._last_trained = trained
+            self.last_progress_at = now
+            return True
+        return now - self.last_progress_at < STALL_S
 
 
 class HealthIssues:

@@ -8,6 +8,8 @@
 * :func:`adapt_learner_state`: a saved learner state made loadable by a learner of another kind
   or stage layout (resume after a config change, a live plan switch);
 * :class:`CheckpointRecord`: the outcome of the checkpoint writes, for status and health;
+* :func:`reload_components`: a reload is :func:`ferretd.config.diff_live`, then ``reconfigure``
+  on each component it names (sockets, model, training, ... are reported as needing a restart);
 * :func:`health`: ``ferretctl health`` for anything with a ``health()`` (the daemon); the rules
   are :func:`ferretd.health.assess`, a pure function of a status snapshot.
 
@@ -18,17 +20,26 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
+import structlog
+
 from ferretd.checkpoint import restore_rng, rng_state
+from ferretd.config import Config, LiveDiff, diff_live, load_config
 from ferretd.engine.plan import Plan
+
+log = structlog.get_logger("ferretd")
 
 
 class Captures(Protocol):
     def capture(self) -> dict[str, Any]: ...
 
     def restore(self, state: dict[str, Any]) -> None: ...
+
+
+class Reconfigures(Protocol):
+    def reconfigure(self, config: Config) -> None: ...
 
 
 class HasHealth(Protocol):
@@ -136,6 +147,16 @@ class CheckpointRecord:
         return dataclasses.asdict(self)
 
 
+
+
+def reload_components(components: Mapping[str, Reconfigures], running: Config, path: str) -> LiveDiff:
+    """Re-read ``path`` (ConfigError when invalid: nothing changes) and ask each component whose
+    live keys changed to reconfigure with the merged config; the caller runs that config next."""
+    diff = diff_live(running, load_config(path))
+    for name in sorted(diff.components):
+        components[name].reconfigure(diff.merged)
+    log.info("config_reloaded", path=path, applied=list(diff.applied), needs_restart=list(diff.needs_restart))
+    return diff
 
 
 def health(daemon: HasHealth) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -45,6 +45,9 @@ from ferretd.config import Config
 from ferretd.engine.plan import Plan
 from ferretd.logs import RateLimitedLog
 from ferretd.planner.headroom import Headroom, read_headroom
+
+if TYPE_CHECKING:
+    from ferretd.components.trainer import Trainer
 
 log = structlog.get_logger(__name__)
 
@@ -189,6 +192,33 @@ class Replanner:
             predicted_memory_bytes=new.predicted_memory_bytes,
         )
         return new
+
+    def replan(self, trainer: Trainer, *, force: bool = False, reason: str = "headroom") -> dict[str, Any]:
+        """Check the budget; if the planner finds a new plan, the trainer switches to it at a safe point."""
+        try:
+            new = self.check(trainer.plan, force=force, reason=reason)
+        except ValueError as exc:  # manual plan, or budget below the smallest feasible plan
+            if force:
+                raise
+            self.failed(exc)
+            return {"changed": False, "error": str(exc)}
+        if new is None:
+            return {"changed": False, "plan": trainer.plan.to_dict()}
+        if not trainer.switch_plan(new, timeout=self.config.daemon.shutdown_timeout_s):
+            log.error("replan_not_applied", detail="in-flight microbatches did not drain in time")
+            return {"changed": False, "error": "could not drain in-flight work in time"}
+        return {"changed": True, "plan": new.to_dict(), "describe": new.describe()}
+
+    def set_budget(self, trainer: Trainer, budget_bytes: int) -> dict[str, Any]:
+        """``ferretctl budget``: an absolute cap on the plan's memory (0 clears it), then re-plan;
+        a budget no plan fits raises ValueError and leaves the previous cap."""
+        previous = self.override_bytes
+        self.override_bytes = budget_bytes or None
+        try:
+            return self.replan(trainer, force=True, reason=f"ferretctl budget {budget_bytes}")
+        except ValueError:
+            self.override_bytes = previous
+            raise
 
     def failed(self, exc: BaseException) -> None:
         """A periodic check found no plan (budget below the smallest feasible one): logged at most

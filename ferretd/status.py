@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from ferretd import __version__
+from ferretd.health import HealthIssues, HealthSnapshot, Liveness
 
 if TYPE_CHECKING:
     from ferretd.components.checkpoints import CheckpointComponent
@@ -116,4 +117,39 @@ def status_line(parts: StatusSources, state: str) -> str:
     return (
         f"{state}: received {ledger.received}, trained {ledger.trained}, "
         f"queued {ledger.queued}, oacc {acc_text} (all arrivals), updates {parts.trainer.updates}"
+    )
+
+
+def snapshot_meta(parts: StatusSources) -> dict[str, Any]:
+    """What a snapshot's manifest records about learning when its weights are handed over."""
+    return {
+        "updates": parts.trainer.updates,
+        "samples_trained": parts.ingest.queue.snapshot().trained,
+        "online_accuracy": parts.score.summary()["online_accuracy"],
+    }
+
+
+def health_snapshot(
+    parts: StatusSources, *, state: str, paused: bool, liveness: Liveness, issues: HealthIssues, max_drop_share: float
+) -> HealthSnapshot:
+    """What :func:`ferretd.health.assess` judges, read from the components now."""
+    now = time.monotonic()
+    ledger = parts.ingest.queue.snapshot()
+    drop = parts.ingest.drop_window.share()
+    record = parts.checkpoints.record
+    diverged_at = parts.trainer.last_divergence_at
+    return HealthSnapshot(
+        state=state,
+        balanced=ledger.balanced,
+        queued=ledger.queued,
+        paused=paused,
+        loop_idle_s=now - liveness.heartbeat,
+        since_progress_s=now - liveness.last_progress_at,
+        export_failed=parts.snapshots.exporter.last_failed,
+        checkpoint_error=record.last_error if record.last_failed else None,
+        drop_share=drop[0] if drop else None,
+        drop_window_samples=drop[1] if drop else 0,
+        max_drop_share=max_drop_share,
+        issues=tuple(issues.reasons()),
+        since_divergence_s=None if diverged_at is None else now - diverged_at,
     )

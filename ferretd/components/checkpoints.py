@@ -28,7 +28,20 @@ from ferretd.logs import RateLimitedLog
 
 log = structlog.get_logger("ferretd.checkpoints")
 
-Restore = Callable[[int, dict[str, Any]], None]
+Restore = Callable[[dict[str, Any]], None]
+
+
+def resumed_log(seq: int, state: dict[str, Any]) -> None:
+    ledger = state["ledger"]
+    log.info(
+        "resumed_from_checkpoint",
+        seq=seq,
+        updates=state["updates"],
+        received=ledger["received"],
+        trained=ledger["trained"],
+        lost_in_restart=int(ledger.get("waiting", 0)) + int(ledger.get("in_flight", 0)),
+        saved_reason=state.get("reason"),
+    )
 
 
 class CheckpointComponent:
@@ -80,7 +93,8 @@ class CheckpointComponent:
             problem = model_fit_error(learner.get("model") if isinstance(learner, dict) else None, template)
             if problem is None:
                 try:
-                    restore(candidate, state)
+                    restore(state)
+                    resumed_log(candidate, state)
                 except Exception as exc:  # a state that fits the model but not the learner: start clean
                     problem = f"cannot be resumed ({type(exc).__name__}: {str(exc)[:200]})"
                     reset()

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import structlog
 import zmq
-from torch import nn
 
 from ferretd.config import Config
+from ferretd.engine.learner import OnlineLearner
 from ferretd.lifecycle import Cadence
 from ferretd.promotion import PromotionGate
 from ferretd.snapshot.export_worker import SnapshotExporter
@@ -37,8 +37,12 @@ FIRST_EXPORT_GUESS_S = 1.0
 
 
 class SnapshotComponent:
-    def __init__(self, config: Config) -> None:
+    def __init__(
+        self, config: Config, learner: Callable[[], OnlineLearner], meta: Callable[[], dict[str, Any]]
+    ) -> None:
         self._config = config
+        self._learner = learner
+        self._meta = meta
         self.store = SnapshotStore(Path(config.state_dir) / "snapshots", keep=config.snapshot.keep)
         self.exporter = SnapshotExporter(self.store, config, on_saved=self._announce)
         self.gate = PromotionGate(config.snapshot.gate_window, config.snapshot.gate_tolerance)
@@ -76,37 +80,37 @@ class SnapshotComponent:
 
     # ------------------------------------------------------------------ loop thread
 
-    def due(self, updates: int) -> bool:
-        cfg = self._config.snapshot
-        return not self.exporter.busy and self.cadence.due(updates, cfg.every_updates, cfg.every_seconds)
-
-    def periodic(self, updates: int, module: nn.Module, meta: dict[str, Any]) -> None:
-        """A due snapshot: exported now, or held by the promotion gate when it is on."""
-        if not self.gate.enabled:
-            self.publish(updates, module, meta)
+    def maybe(self) -> None:
+        """A periodic snapshot when one is due: exported now, or held by the promotion gate when it is on."""
+        cfg, learner = self._config.snapshot, self._learner()
+        if self.exporter.busy or not self.cadence.due(learner.updates, cfg.every_updates, cfg.every_seconds):
             return
-        self.cadence.mark(updates)
-        released = self.gate.hold(module, meta)
+        if not self.gate.enabled:
+            self.now()
+            return
+        self.cadence.mark(learner.updates)
+        released = self.gate.hold(learner.export_module(), self._meta())
         if released is not None:
             self.exporter.submit(released[0], **released[1])
 
-    def publish(self, updates: int, module: nn.Module, meta: dict[str, Any]) -> concurrent.futures.Future[Any]:
-        """Export ``module`` now (explicit snapshots bypass the gate and become what it compares with)."""
-        self.cadence.mark(updates)
+    def now(self) -> concurrent.futures.Future[Any]:
+        """Export a consistent copy of the weights now (explicit snapshots bypass the gate and
+        become what it compares the next candidate with)."""
+        learner = self._learner()
+        self.cadence.mark(learner.updates)
+        module = learner.export_module()
         if self.gate.enabled:
             self.gate.serving(module)
-        return self.exporter.submit(module, **meta)
+        return self.exporter.submit(module, **self._meta())
 
     def observe(self, features: np.ndarray, label: int) -> None:
         """One arrival for a candidate the gate holds back; exported if it is promoted."""
         if self.gate.pending and (released := self.gate.observe(features, label)):
             self.exporter.submit(released[0], **released[1])
 
-    def final(
-        self, updates: int, module: Callable[[], nn.Module], meta: Callable[[], dict[str, Any]], until: float
-    ) -> None:
+    def final(self, until: float) -> None:
         """At shutdown: export the last weights if they are new and the time left (to ``until``) allows it."""
-        if updates <= self.cadence.last_updates:
+        if self._learner().updates <= self.cadence.last_updates:
             return
         left = until - time.monotonic()
         expected = self.exporter.last_export_s or FIRST_EXPORT_GUESS_S
@@ -114,7 +118,7 @@ class SnapshotComponent:
             log.warning("final_snapshot_skipped", seconds_left=round(left, 2), expected_s=round(expected, 2))
             return
         try:
-            self.publish(updates, module(), meta()).result(timeout=left)
+            self.now().result(timeout=left)
         except concurrent.futures.TimeoutError:
             log.warning("final_snapshot_skipped", reason="export did not finish within the shutdown timeout")
         except Exception as exc:

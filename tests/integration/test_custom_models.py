@@ -72,7 +72,7 @@ def test_the_documented_example_checks_and_trains(ipc_dir):
     assert config.model.factory_path == str(path.parent / "models"), "relative to the config file"
     x, y = digits(120)
     with ThreadedDaemon(config) as td, SamplePublisher(config.ingest.endpoint, "dev") as pub:
-        assert [type(b).__name__ for b in td.daemon.model_template()] == ["Sequential"] * 3
+        assert [type(b).__name__ for b in td.daemon.trainer.model_template()] == ["Sequential"] * 3
         for features, label in zip(x, y, strict=True):
             pub.publish(features, int(label))
         wait_for(lambda: td.settled(120), timeout=60, what="120 samples trained")
