@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write((plan.to_json() if args.json else plan.describe()) + "\n")
         return EXIT_OK
     configure_logging(config.daemon.log_level, fmt=config.daemon.log_format)
-    os.environ.setdefault("OMP_NUM_THREADS", str(config.daemon.torch_threads))
+    # torch is imported by now, so OMP_NUM_THREADS would change nothing: the Daemon calls
+    # torch.set_num_threads([daemon] torch_threads) itself before it builds a learner.
     try:
         daemon = Daemon(config, config_path=args.config)
     except ConfigError as exc:

@@ -144,15 +144,18 @@ def lifecycle_issues():
     return HealthIssues()
 
 
-def test_the_daemon_has_a_reconfigurable_component_for_every_name_a_reload_reports(config):
+def test_the_daemon_has_a_reconfigurable_component_for_every_name_a_reload_reports(tmp_path):
     from ferretd.daemon import Daemon
 
-    daemon = Daemon(config)
+    threads = torch.get_num_threads()
+    daemon = Daemon(config_from(write_config(tmp_path, daemon={"torch_threads": threads + 1})))
     try:
+        assert torch.get_num_threads() == threads + 1, "[daemon] torch_threads is applied with torch.set_num_threads"
         for name in COMPONENTS:
             component = daemon.components[name]
             assert callable(component.reconfigure) and callable(component.capture) and callable(component.restore)
     finally:
+        torch.set_num_threads(threads)
         daemon.trainer.close()
         daemon.instance_lock.release()
         daemon.context.term()
