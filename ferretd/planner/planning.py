@@ -8,8 +8,10 @@ when CUDA is available, else ``cpu``. ``[planner] arrival_interval_s = 0`` means
 then plan for saturation, taking t_d so that ``max_workers`` workers are just enough
 (t_d = (t_f + t_b) / (microbatch * max_workers)); the daemon may pass the measured interval.
 With the real-time executor the rate model also gets the engine's measured per-action overhead
-and the number of CPU cores the lanes share (``planner/overhead.py``); the virtual clock gets
-neither. Memory parameters come from ``[training] momentum`` and ``[compensation] method`` (fitted lambda
+(and, for process lanes, the share of it the daemon's process spends under its GIL), the number
+of CPU cores the lanes share (``planner/overhead.py``) and an estimate of the daemon's own CPU
+per arrival (ingest and scoring, :func:`arrival_cpu_estimate`); the virtual clock gets none.
+Memory parameters come from ``[training] momentum`` and ``[compensation] method`` (fitted lambda
 when ``fit = "closed_form"`` or ``eta_lambda > 0``).
 """
 
@@ -26,7 +28,7 @@ from ferretd.config import Config
 from ferretd.engine.plan import Plan
 from ferretd.planner.headroom import Headroom, read_headroom
 from ferretd.planner.memory import PROCESS_WORKER_BYTES, MemoryParams
-from ferretd.planner.overhead import cached_action_overhead
+from ferretd.planner.overhead import cached_action_costs
 from ferretd.planner.profile import Profile, Profiler
 from ferretd.planner.rate import RateParams
 from ferretd.planner.search import BudgetTooSmall, PlanSearch
@@ -73,12 +75,34 @@ def rate_params_for_config(
         # Real lanes: charge the executor's per-action overhead, and CPU lanes share the cores.
         overhead = config.planner.action_overhead_s
         if overhead < 0 or executor == "process":
-            overhead = cached_action_overhead(profile_cache_dir(config), executor)
+            costs = cached_action_costs(profile_cache_dir(config), executor)
+            overhead = costs.action_overhead_s
+            if executor == "process":  # the parent's share of it runs under the daemon's GIL
+                realtime["parent_cpu_s"] = costs.parent_cpu_s
         realtime["action_overhead_s"] = overhead
         realtime["overhead_holds_gil"] = executor == "realtime"
         if not profile.device.startswith("cuda"):
             realtime["cpu_cores"] = float(len(os.sched_getaffinity(0)))
+            if overhead > 0:  # an overhead set to 0 plans as if engine and daemon cost no CPU beyond compute
+                realtime["arrival_cpu_s"] = arrival_cpu_estimate(profile)
     return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay, **realtime)
+
+
+INGEST_CPU_S = 50e-6
+"""The daemon's CPU per arriving sample before the model sees it (ZeroMQ receive, decode, queue):
+the ingest thread measured 48-104 us per arrival under a 4x overload on the busy 2-core box."""
+
+SCORE_BATCH = 8
+"""Dropped arrivals are scored in batches (up to 256 per forward): per sample, a forward of the
+profiled microbatch counts as if it held at least this many samples (commit f78fb3d measured
+batched scoring at 2 us/sample on the MLP and 111 us/sample on the conv net)."""
+
+
+def arrival_cpu_estimate(profile: Profile) -> float:
+    """CPU seconds the daemon spends on each arrival whatever the plan: ingest, then the prediction
+    that scores it (rate model item 7)."""
+    forward = profile.stage_forward_s(0, profile.num_blocks)
+    return INGEST_CPU_S + forward / max(profile.microbatch, SCORE_BATCH)
 
 
 def executors_for_config(config: Config, profile: Profile) -> list[str]:

@@ -53,8 +53,18 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
    ``N * (compute_n / C + 3 P o)``, where ``compute_n`` is its compute per microbatch. This is
    what makes four stages of a tiny MLP slower than one lane on a 2-core box, as measured.
    Process lanes (``overhead_holds_gil=False``, issue 12): F and B compute in worker processes,
-   so the overhead ``o`` (a pipe round trip, measured per executor) is latency added to each
-   action, not time taken from the shared cores: the shared bound is ``N * compute_n / C``.
+   so most of the overhead ``o`` (a pipe round trip, measured per executor) is latency added to
+   each action. Not all of it: the daemon's process still runs every action's bookkeeping, the
+   pipe I/O and the relay of activations under its GIL, measured as ``parent_cpu_s`` per action
+   (about 0.3 ms on the dev box, as much as a thread lane's), so the shared bound is
+   ``N * (compute_n / C + 3 P parent_cpu_s)``. Without that term the planner chose P2 N3 process
+   lanes for the tiny MLP (six processes on two cores; measured slower than one lane).
+7. The daemon's own work per arrival (``arrival_cpu_s``: receive, decode, queue, and the
+   prediction that scores every arrival, dropped ones in batches) runs whatever the plan and
+   takes ``arrival_cpu_s / t_d`` of a core and of the GIL: under a 4x overload it is what is
+   left of the box for the lanes, ``C' = C - arrival_cpu_s / t_d`` cores and a GIL share
+   ``g = 1 - arrival_cpu_s / t_d`` (both floored at ``MIN_SHARE``), giving
+   ``N * (compute_n / C' + 3 P gil_o / g)``.
 
 This is a ranking model for the planner, not a simulator: the bench checks that its order of
 configurations agrees with online accuracy measured in the engine's virtual clock (Spearman).
@@ -68,6 +78,9 @@ from dataclasses import dataclass
 from ferretd.engine.plan import Plan
 from ferretd.planner.profile import Profile
 
+MIN_SHARE = 0.1
+"""Floor of the cores and GIL share left to the lanes when arrivals alone would take them all."""
+
 
 @dataclass(frozen=True)
 class RateParams:
@@ -80,12 +93,16 @@ class RateParams:
     action_overhead_s: float = 0.0
     cpu_cores: float = math.inf
     overhead_holds_gil: bool = True
+    parent_cpu_s: float | None = None  # per action under the daemon's GIL; None: o or 0 (overhead_holds_gil)
+    arrival_cpu_s: float = 0.0  # the daemon's own CPU per arriving sample (item 7)
 
     def __post_init__(self) -> None:
         if not self.arrival_interval_s > 0:
             raise ValueError(f"arrival_interval_s must be > 0, got {self.arrival_interval_s}")
         if self.decay_per_arrival < 0:
             raise ValueError(f"decay_per_arrival must be >= 0, got {self.decay_per_arrival}")
+        if self.arrival_cpu_s < 0 or (self.parent_cpu_s is not None and self.parent_cpu_s < 0):
+            raise ValueError("arrival_cpu_s and parent_cpu_s must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -123,6 +140,12 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
     b = profile.microbatch
     c = params.decay_per_arrival / (b * t_d)  # item 5: decay per microbatch interval
     fill_value = _fill_value(c * t_d, b)
+    gil_overhead = params.parent_cpu_s
+    if gil_overhead is None:
+        gil_overhead = overhead if params.overhead_holds_gil else 0.0
+    arrival_load = params.arrival_cpu_s / t_d  # item 7: cores (and GIL) the daemon's own arrival work takes
+    cores = max(MIN_SHARE, params.cpu_cores - arrival_load)
+    gil_share = max(MIN_SHARE, 1.0 - arrival_load)
 
     bwd_eff: dict[int, list[float]] = {}
     service: dict[int, float] = {}
@@ -132,8 +155,7 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         service[n] = max(fwd[j] + bwd_eff[n][j] for j in range(p))
         if math.isfinite(params.cpu_cores) or overhead:
             compute = sum(fwd_compute) + sum(bwd_compute) + (sum(fwd_compute) if r else 0.0)
-            serial = 3 * p * overhead if params.overhead_holds_gil else 0.0
-            shared = n_active * (compute / params.cpu_cores + serial)
+            shared = n_active * (compute / cores + 3 * p * gil_overhead / gil_share)
             service[n] = max(service[n], shared)
     # updates per second at each stage, from all workers
     upd_rate = [

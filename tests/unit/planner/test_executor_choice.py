@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import platform
 
+import pytest
 import torch
 
 from ferretd.config import load_config
@@ -12,6 +13,12 @@ from ferretd.engine.plan import Plan
 from ferretd.planner import plan_for_config
 from ferretd.planner.headroom import Headroom
 from ferretd.planner.memory import PROCESS_WORKER_BYTES
+from ferretd.planner.planning import (
+    INGEST_CPU_S,
+    arrival_cpu_estimate,
+    profile_for_config,
+    rate_params_for_config,
+)
 from ferretd.planner.profile import Profiler
 from ferretd.planner.rate import RateParams, predict_rate
 
@@ -29,13 +36,65 @@ def test_process_lanes_do_not_serialise_their_overhead() -> None:
     assert predict_rate(profile, one, procs).rate == predict_rate(profile, one, threads).rate
 
 
-def _seed_overheads(state_dir, realtime: float, process: float) -> None:
+def test_process_lanes_serialise_the_parents_cpu_per_action() -> None:
+    """The daemon's process runs each process-lane action's bookkeeping under its GIL (measured
+    ~0.3 ms, as much as a thread lane's): with that share as large as the thread lanes' whole
+    overhead, process lanes predict no better than threads; more stages then cost more."""
+    profile = conv_profile(16)
+    t_d = profile.total_time_s / profile.microbatch / 3
+    plan = Plan.uniform(4, (), 2)
+    threads = RateParams(arrival_interval_s=t_d, action_overhead_s=3e-3, cpu_cores=2.0)
+    free = RateParams(arrival_interval_s=t_d, action_overhead_s=3e-3, cpu_cores=2.0, overhead_holds_gil=False)
+    charged = RateParams(
+        arrival_interval_s=t_d, action_overhead_s=3e-3, cpu_cores=2.0, overhead_holds_gil=False, parent_cpu_s=3e-3
+    )
+    assert predict_rate(profile, plan, charged).rate < predict_rate(profile, plan, free).rate
+    assert predict_rate(profile, plan, charged).rate == predict_rate(profile, plan, threads).rate
+    two_stages = Plan.uniform(4, (2,), 2)
+    assert predict_rate(profile, two_stages, charged).rate < predict_rate(profile, plan, charged).rate
+
+
+def test_arrival_work_takes_cores_from_the_lanes() -> None:
+    """Ingest and scoring of every arrival run whatever the plan, on the cores and under the GIL
+    the lanes share: the more of them arrivals take, the less a second worker gains."""
+    profile = conv_profile(16)
+    t_d = profile.total_time_s / profile.microbatch / 3
+    one, two = Plan.uniform(4), Plan.uniform(4, (), 2)
+
+    def gain(arrival_cpu_s: float) -> float:
+        params = RateParams(
+            arrival_interval_s=t_d, action_overhead_s=1e-4, cpu_cores=2.0, overhead_holds_gil=False,
+            parent_cpu_s=1e-4, arrival_cpu_s=arrival_cpu_s,
+        )  # fmt: skip
+        return predict_rate(profile, two, params).rate / predict_rate(profile, one, params).rate
+
+    assert gain(0.0) > gain(0.5 * t_d) > 1.0
+    assert gain(0.95 * t_d) < gain(0.5 * t_d)
+    with pytest.raises(ValueError):
+        RateParams(arrival_interval_s=t_d, arrival_cpu_s=-1.0)
+
+
+def test_planner_passes_the_measured_parent_cpu_and_the_arrival_work(tmp_path) -> None:
+    config = _config(tmp_path)
+    profile = profile_for_config(config, Profiler(cache_dir=tmp_path / "profiles", warmup=1, repeats=2))
+    _seed_overheads(tmp_path, realtime=2e-4, process=5e-4, parent_cpu=3e-4)
+    procs = rate_params_for_config(config, profile, 1e-3, "process")
+    assert (procs.action_overhead_s, procs.parent_cpu_s) == (5e-4, 3e-4)
+    threads = rate_params_for_config(config, profile, 1e-3, "realtime")
+    assert threads.parent_cpu_s is None and threads.overhead_holds_gil  # thread lanes: all of it, as before
+    assert procs.arrival_cpu_s == threads.arrival_cpu_s == arrival_cpu_estimate(profile) > INGEST_CPU_S
+    _seed_overheads(tmp_path, realtime=2e-4, process=5e-4)  # a cache from before parent_cpu_s: all of it
+    assert rate_params_for_config(config, profile, 1e-3, "process").parent_cpu_s == 5e-4
+
+
+def _seed_overheads(state_dir, realtime: float, process: float, parent_cpu: float | None = None) -> None:
     """Write the overhead caches the planner reads, instead of measuring."""
     profiles = state_dir / "profiles"
     profiles.mkdir(parents=True, exist_ok=True)
     for kind, value in (("", realtime), ("process-", process)):
         key = f"overhead-{kind}py{platform.python_version()}-torch{torch.__version__}.json".replace("+", "_")
-        (profiles / key).write_text(json.dumps({"action_overhead_s": value}))
+        extra = {"parent_cpu_s": parent_cpu} if parent_cpu is not None and kind else {}
+        (profiles / key).write_text(json.dumps({"action_overhead_s": value, **extra}))
 
 
 def _config(tmp_path):
