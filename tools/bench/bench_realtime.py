@@ -118,9 +118,33 @@ class Daemon:
         raise TimeoutError(f"ferretd {self.name}: not {what} after {timeout:.0f} s")
 
     def drained(self, sent: int, timeout: float) -> dict[str, Any]:
-        return self.wait(
-            lambda s: s["counters"]["received"] >= sent and s["counters"]["queued"] == 0, timeout, "drained"
-        )
+        """Wait until every sent sample arrived and left the queue, then settle the engine's tail.
+
+        A learner holds a partial microbatch until the next samples fill it (the pipeline fills
+        one per worker), so after the last send up to ``workers x microbatch - 1`` samples can
+        stay in flight for good; ``pause`` flushes them (the daemon's own path for a flush).
+        """
+        self.wait(lambda s: s["counters"]["received"] >= sent and s["counters"]["waiting"] == 0, timeout, "drained")
+        with ControlClient(self.config.control.endpoint, timeout_s=timeout) as ctl:
+            ctl.call("pause")
+        return self.wait(lambda s: s["counters"]["queued"] == 0, timeout, "settled")
+
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) of the daemon and every process under it (forkserver, workers)."""
+        import psutil
+
+        total = 0.0
+        try:
+            root = psutil.Process(self.proc.pid)
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    t = p.cpu_times()
+                    total += t.user + t.system
+                except psutil.NoSuchProcess:
+                    continue
+        except psutil.NoSuchProcess:
+            pass
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -245,15 +269,20 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
                         planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
                     )
                 )
+                cpu0 = {d.name: d.cpu_seconds() for d in daemons}
+                own0 = sum(os.times()[:2])
                 t0 = time.monotonic()
                 reached = publish(daemons, xs, ys, rate)
-                run_row: dict[str, Any] = {"reached_rate": reached}
+                run_row: dict[str, Any] = {"reached_rate": reached, "publisher_cpu_s": sum(os.times()[:2]) - own0}
                 for d in daemons:
                     res = summary(d.drained(len(ys), 600))
-                    res["trained_per_s"] = res["trained"] / (time.monotonic() - t0)
+                    elapsed = time.monotonic() - t0
+                    res["trained_per_s"] = res["trained"] / elapsed
+                    res["cpu_cores"] = (d.cpu_seconds() - cpu0[d.name]) / elapsed  # cores it used on average
                     engine = (d.status() or {}).get("engine") or {}
                     res["executor"] = engine.get("executor", "sequential")  # what ran, not only what was planned
                     run_row[d.name] = res
+                run_row["elapsed_s"] = time.monotonic() - t0
                 runs.append(run_row)
             finally:
                 for d in daemons:
@@ -262,6 +291,7 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
             who: {
                 "trained_per_s": statistics.median(r[who]["trained_per_s"] for r in runs),
                 "online_accuracy": statistics.median(r[who]["online_accuracy"] or 0.0 for r in runs),
+                "cpu_cores": statistics.median(r[who]["cpu_cores"] for r in runs),
             }
             for who in ("sequential", "ferret")
         }
@@ -273,8 +303,8 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
         "iter_fisher.",
         "",
         "| overload | daemon | plans (executor) | trained/s median | ratio vs sequential | online acc % median "
-        "| per run trained/s | per run online acc % |",
-        "|---|---|---|---|---|---|---|---|",
+        "| CPU cores used, median | per run trained/s | per run online acc % |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, row in rows.items():
         seq_med = row["median"]["sequential"]["trained_per_s"]
@@ -287,8 +317,16 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
             per_acc = " / ".join(f"{100 * (r[who]['online_accuracy'] or 0):.1f}" for r in row["runs"])
             lines.append(
                 f"| {key} ({row['target_rate']:.0f}/s) | {who} | {plans} | {m['trained_per_s']:.0f} | "
-                f"{m['trained_per_s'] / seq_med:.2f}x | {100 * m['online_accuracy']:.1f} | {per_tp} | {per_acc} |"
+                f"{m['trained_per_s'] / seq_med:.2f}x | {100 * m['online_accuracy']:.1f} | {m['cpu_cores']:.2f} | "
+                f"{per_tp} | {per_acc} |"
             )
+    publisher = [r["publisher_cpu_s"] / r["elapsed_s"] for row in rows.values() for r in row["runs"]]
+    lines += [
+        "",
+        f"'CPU cores used': CPU seconds of the daemon and its child processes (forkserver, worker processes) "
+        f"from the first send until drained, over that wall time; the publisher (this process) used "
+        f"{statistics.median(publisher):.2f} cores (median); the box has {os.cpu_count()} logical cores.",
+    ]
     data = {"conv_source": source, "conv_sequential_rate": seq_rate, "conv": rows, "conv_samples": n}
     return lines, data
 
@@ -307,9 +345,23 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     }
 
 
+MLP_MEDIANS = (
+    "trained",
+    "dropped",
+    "online_accuracy",
+    "nochange_accuracy",
+    "majority_accuracy",
+    "mean_delay_s",
+    "drained_after_s",
+    "trained_per_s",
+    "cpu_cores",
+)
+
+
 def run_mlp(quick: bool) -> dict[str, Any]:
     stream = load_stream("digits", seed=0)
-    passes = 10 if quick else 40
+    passes = 10 if quick else 20
+    reps = 1 if quick else 3
     xs = [stream.x] + [load_stream("digits", seed=k).x for k in range(1, passes)]
     ys = [stream.y] + [load_stream("digits", seed=k).y for k in range(1, passes)]
     import numpy as np
@@ -331,45 +383,42 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         finally:
             calib.stop()
         rate = OVERLOAD * seq_rate
-        queue = {"queue_capacity": 64, "overflow": "drop_oldest"}
-        daemons = [Daemon("sequential", root / "seq", ingest=queue, **seq_sections)]
-        try:
-            daemons.append(
-                Daemon(
-                    "ferret",
-                    root / "ferret",
-                    ingest=queue,
-                    pipeline={"plan": "auto", "executor": "auto"},
-                    compensation={"method": "iter_fisher"},
-                    planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
-                )
-            )
-            reached = publish(daemons, x_all, y_all, rate)
-            sent_at = time.monotonic()
-            results = {}
-            for d in daemons:
-                results[d.name] = summary(d.drained(len(y_all), 300))
-                results[d.name]["drained_after_s"] = time.monotonic() - sent_at
-        finally:
-            for d in daemons:
-                d.stop()
+        runs = [mlp_side_by_side(root / f"rep{r}", seq_sections, x_all, y_all, rate) for r in range(reps)]
+    import statistics
+
+    reached = statistics.median(run["reached_rate"] for run in runs)
+    results = {
+        who: {
+            **runs[0][who],
+            **{k: statistics.median(run[who][k] or 0.0 for run in runs) for k in MLP_MEDIANS},
+            "plans": sorted({f"P{run[who]['stages']} N{run[who]['workers']}" for run in runs}),
+            "per_run_trained_per_s": [run[who]["trained_per_s"] for run in runs],
+        }
+        for who in ("sequential", "ferret")
+    }
     lines = [
-        f"digits, {len(y_all)} samples ({passes} pass(es)); one sequential daemon sustains "
+        f"digits, {len(y_all)} samples ({passes} pass(es)) per run, {reps} run(s), medians below (per run trained/s: "
+        + "; ".join(
+            f"{who} " + " / ".join(f"{v:.0f}" for v in r["per_run_trained_per_s"]) for who, r in results.items()
+        )
+        + f"); one sequential daemon sustains "
         f"**{seq_rate:.0f} samples/s** "
         f"(calibration: {calib_n} samples as fast as possible, no drops); target {OVERLOAD:g}x = {rate:.0f}/s per "
         f"daemon, reached {reached:.0f}/s. Both daemons fed the same samples side by side; ingest queue 64, "
         "drop_oldest.",
         "",
-        "| daemon | engine | plan | received | trained | dropped | online acc % | NoChange % | majority % "
-        "| mean delay ms | drained s after the last send | predicted memory KiB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| daemon | engine | plan | received | trained | trained/s | ratio | CPU cores used | dropped | online acc % "
+        "| NoChange % | majority % | mean delay ms | drained s after the last send | predicted memory KiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in results.items():
         mem = f"{r['predicted_memory_bytes'] / 1024:.0f}" if r["predicted_memory_bytes"] else "-"
         delay = f"{1e3 * r['mean_delay_s']:.1f}" if r["mean_delay_s"] is not None else "-"
+        ratio = r["trained_per_s"] / results["sequential"]["trained_per_s"]
         lines.append(
-            f"| {name} | {r['engine']} | P{r['stages']} N{r['workers']} | {r['received']} | {r['trained']} | "
-            f"{r['dropped']} | {100 * (r['online_accuracy'] or 0):.1f} | {100 * (r['nochange_accuracy'] or 0):.1f} | "
+            f"| {name} | {r['engine']} | {', '.join(r['plans'])} | {r['received']} | {r['trained']:.0f} | "
+            f"{r['trained_per_s']:.0f} | {ratio:.2f}x | {r['cpu_cores']:.2f} | {r['dropped']:.0f} | "
+            f"{100 * (r['online_accuracy'] or 0):.1f} | {100 * (r['nochange_accuracy'] or 0):.1f} | "
             f"{100 * (r['majority_accuracy'] or 0):.1f} | {delay} | {r['drained_after_s']:.1f} | {mem} |"
         )
     lines += [
@@ -382,4 +431,43 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         "for this MLP: the 'ferret' daemon then runs the same sequential learner.",
     ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
-    return {"title": "Real-time daemons at 4x overload", "markdown": "\n".join(lines), "data": {**data, **results}}
+    return {
+        "title": "Real-time daemons at 4x overload",
+        "markdown": "\n".join(lines),
+        "data": {**data, **results, "runs": runs},
+    }
+
+
+def mlp_side_by_side(
+    root: Path, seq_sections: dict[str, dict[str, Any]], xs: Any, ys: Any, rate: float
+) -> dict[str, Any]:
+    """One run: a sequential and a planned daemon fed the same samples at ``rate`` each."""
+    queue = {"queue_capacity": 64, "overflow": "drop_oldest"}
+    daemons = [Daemon("sequential", root / "seq", ingest=queue, **seq_sections)]
+    try:
+        daemons.append(
+            Daemon(
+                "ferret",
+                root / "ferret",
+                ingest=queue,
+                pipeline={"plan": "auto", "executor": "auto"},
+                compensation={"method": "iter_fisher"},
+                planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
+            )
+        )
+        cpu0 = {d.name: d.cpu_seconds() for d in daemons}
+        t0 = time.monotonic()
+        reached = publish(daemons, xs, ys, rate)
+        sent_at = time.monotonic()
+        results: dict[str, Any] = {"reached_rate": reached}
+        for d in daemons:
+            res = summary(d.drained(len(ys), 300))
+            res["drained_after_s"] = time.monotonic() - sent_at
+            elapsed = time.monotonic() - t0
+            res["trained_per_s"] = res["trained"] / elapsed
+            res["cpu_cores"] = (d.cpu_seconds() - cpu0[d.name]) / elapsed
+            results[d.name] = res
+        return results
+    finally:
+        for d in daemons:
+            d.stop()
