@@ -68,7 +68,7 @@ class Daemon:
     def __init__(
         self,
         config: Config,
-        context: zmq.Context | None = None,
+        context: zmq.Context[Any] | None = None,
         config_path: str | None = None,
         notifier: Notifier | None = None,
     ) -> None:
@@ -87,7 +87,7 @@ class Daemon:
             self.instance_lock.release()
             raise
 
-    def _compose(self, config: Config, context: zmq.Context | None, notifier: Notifier | None) -> None:
+    def _compose(self, config: Config, context: zmq.Context[Any] | None, notifier: Notifier | None) -> None:
         self.context = context or zmq.Context()
         self.started_at = time.time()
         self.state = "starting"

@@ -24,7 +24,7 @@ class ControlComponent:
         self.server: ControlServer | None = None
         self.metrics_endpoint: Any = None  # ferretd.exposition.MetricsEndpoint when [metrics] listen is set
 
-    def bind(self, context: zmq.Context, curve: Any, handler: Any) -> None:
+    def bind(self, context: zmq.Context[Any], curve: Any, handler: Any) -> None:
         cfg = self._config.control
         self.server = ControlServer(
             context,

@@ -63,7 +63,7 @@ class IngestComponent:
 
     # ------------------------------------------------------------------ loop thread
 
-    def bind(self, context: zmq.Context, curve: Any) -> None:
+    def bind(self, context: zmq.Context[Any], curve: Any) -> None:
         cfg = self._config.ingest
         self.server = IngestServer(
             context,

@@ -49,7 +49,7 @@ class SnapshotComponent:
         self.cadence = Cadence()
         self.service: SnapshotService | None = None
 
-    def bind(self, context: zmq.Context, curve: Any) -> None:
+    def bind(self, context: zmq.Context[Any], curve: Any) -> None:
         cfg = self._config.snapshot
         self.service = SnapshotService(
             context,
