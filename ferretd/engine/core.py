@@ -73,7 +73,6 @@ class _Micro:
     worker: int
     x: Tensor
     y: Tensor
-    callbacks: list[DoneCallback | None]
     ctx: dict[int, StageContext] = field(default_factory=dict)
     acts: dict[int, Tensor] = field(default_factory=dict)
     grads: dict[int, Tensor | None] = field(default_factory=dict)
@@ -126,6 +125,7 @@ class PipelineCore(StageViews):
         self.loss = nn.CrossEntropyLoss()
         self.lock = threading.Lock()
         self.micro: dict[int, _Micro] = {}
+        self.callbacks: dict[int, list[DoneCallback | None]] = {}  # until the microbatch is reported
         self.waiting: dict[tuple[int, int], list[Tensor]] = {}  # (stage, microbatch) -> gradients in a window
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
         self.inputs: dict[int, tuple[int, Tensor, Tensor]] = {}
@@ -148,7 +148,8 @@ class PipelineCore(StageViews):
 
     def add_microbatch(self, m: int, worker: int, x: Tensor, y: Tensor, callbacks: list[DoneCallback | None]) -> None:
         with self.lock:
-            self.micro[m] = _Micro(worker, x, y, callbacks)
+            self.micro[m] = _Micro(worker, x, y)
+            self.callbacks[m] = callbacks
             self.book.admit(m, worker)
             if self.record_inputs:
                 self.inputs[m] = (worker, x, y)
@@ -169,7 +170,6 @@ class PipelineCore(StageViews):
         """Forget ``ids`` now (their worker is gone): release their pins and graphs and report each
         one not yet reported as dropped with ``reason``."""
         ids = list(ids)
-        fire: list[tuple[list[DoneCallback | None], LearnOutcome]] = []
         with self.lock:
             unreported = set(self.book.drop(ids))
             for m in ids:
@@ -182,18 +182,17 @@ class PipelineCore(StageViews):
                         ctx.version = None
                     ctx.out = None
                     ctx.release()
-                if m in unreported:
-                    fire.append((mb.callbacks, LearnOutcome(False, reason)))
+            fire = [(self.callbacks.pop(m, []), LearnOutcome(False, reason)) for m in ids if m in unreported]
         _fire(fire)
 
     def abandon(self, reason: str) -> int:
         """Report every unfinished microbatch as dropped (shutdown without flush)."""
         with self.lock:
-            left = [self.micro[m] for m in self.book.abandon() if m in self.micro]
+            left = [self.callbacks.pop(m, []) for m in self.book.abandon()]
             self.micro.clear()
             self.waiting.clear()
-        _fire([(mb.callbacks, LearnOutcome(False, reason)) for mb in left])
-        return sum(len(mb.callbacks) for mb in left)
+        _fire([(callbacks, LearnOutcome(False, reason)) for callbacks in left])
+        return sum(len(callbacks) for callbacks in left)
 
     def _loss_fn(self, y: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         def loss_fn(logits: Tensor) -> Tensor:
@@ -208,13 +207,12 @@ class PipelineCore(StageViews):
         return loss_fn
 
     def _report(self, settled: Iterable[Settlement], finished: Iterable[int]) -> None:
-        """Fire the outcomes the book settled and forget the microbatches it finished."""
+        """Fire the outcomes the book settled and forget the microbatches it finished.
+
+        A microbatch's callbacks leave with its one settlement, not with its tensors: another
+        lane may finish the microbatch between the book settling it and this report."""
         with self.lock:
-            fire = [
-                (self.micro[s.microbatch].callbacks, LearnOutcome(s.trained, s.reason))
-                for s in settled
-                if s.microbatch in self.micro
-            ]
+            fire = [(self.callbacks.pop(s.microbatch, []), LearnOutcome(s.trained, s.reason)) for s in settled]
             for m in finished:
                 self.micro.pop(m, None)
         _fire(fire)
