@@ -215,7 +215,7 @@ def render_reload(result: dict[str, Any]) -> str:
 def history_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """Points as mappings, with ``trained_per_s`` and ``dropped_per_s`` from consecutive points."""
     rows = [dict(zip(result["fields"], p, strict=False)) for p in result["points"]]
-    for prev, row in zip([None, *rows[:-1]], rows, strict=True):
+    for prev, row in zip([None, *rows], rows, strict=False):  # (None, first), (first, second), ...
         dt = row["t"] - prev["t"] if prev else 0.0
         row["trained_per_s"] = (row["trained"] - prev["trained"]) / dt if prev and dt > 0 else None
         row["dropped_per_s"] = (row["dropped"] - prev["dropped"]) / dt if prev and dt > 0 else None
