@@ -87,6 +87,8 @@ def test_drain_returns_after_every_sample_is_settled_exactly_once(kind):
     assert learner.flush(DRAIN_S)
     assert settled == Counter(range(len(x))), "each sample settled exactly once, before drain returned"
     assert learner.core.in_flight() == 0 and learner.core.book.records == {}
+    for j, stage in enumerate(learner.core.stages):  # every pin released, in the book and in the store
+        assert learner.core.book.pinned(j) == {} and stage.store.live_versions() == 1
     assert any(o.trained for o in outcomes)
     assert learner.flush(DRAIN_S) and sum(settled.values()) == len(x), "a second drain settles nothing again"
     learner.close()
