@@ -95,14 +95,15 @@ def test_a_failing_lane_surfaces_on_flush(make_mlp):
 
 def test_lanes_set_their_own_intra_op_threads(make_mlp, stream):
     from ferretd.engine.clock import OnlineProgram
-    from ferretd.engine.runtime import RealtimeExecutor
+    from ferretd.engine.executors import build_executor
 
     x, y = stream(2)
     plan = Plan.uniform(3, (1,))
     core = PipelineCore(make_mlp(), plan, TR)
     seen = []
     program = OnlineProgram(2, {(0, 0): 1, (0, 1): 1})
-    executor = RealtimeExecutor(core, program, jitter=lambda _a: seen.append(torch.get_num_threads()), threads=2)
+    spec = ExecutorSpec("realtime", threads=2, jitter=lambda _a: seen.append(torch.get_num_threads()))
+    executor = build_executor(spec, core, program)
     core.add_microbatch(0, 0, torch.as_tensor(x[:1]), torch.as_tensor(y[:1]), [])
     executor.submit(0, 0)
     assert executor.drain(10)
