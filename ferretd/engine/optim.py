@@ -85,6 +85,10 @@ def optimizer_step(
     """New weights and new state for one update; ``params`` and ``state`` are left untouched."""
     kind = training.optimizer
     lr, wd = training.lr, training.weight_decay
+    if kind == "sgd" and wd == 0 and training.momentum == 0:  # the default: one fused call, same kernel
+        with torch.no_grad():
+            stepped = torch._foreach_add(list(params), list(grads), alpha=-lr)
+        return tuple(stepped), OptimStates([ParamState(None, None, st.steps + 1) for st in state.params])
     new_params: list[Tensor] = []
     new_state: list[ParamState] = []
     with torch.no_grad():
