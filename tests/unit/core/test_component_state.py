@@ -159,3 +159,20 @@ def test_the_daemon_has_a_reconfigurable_component_for_every_name_a_reload_repor
         daemon.trainer.close()
         daemon.instance_lock.release()
         daemon.context.term()
+
+
+def test_dropped_arrivals_are_scored_in_batches_of_one_forward_each(config):
+    learner = make_learner(config)
+    calls: list[int] = []
+    predict_many = learner.predict_many
+
+    def counted(xs):
+        calls.append(len(xs))
+        return predict_many(xs)
+
+    learner.predict_many = counted  # type: ignore[method-assign]
+    score = ScoreComponent(config, lambda: learner)
+    dropped = samples(300)
+    score.score_dropped(lambda n: [dropped.pop(0) for _ in range(min(n, len(dropped)))])
+    assert calls == [256, 44] and score.seen == 300
+    learner.close()
