@@ -127,11 +127,12 @@ DIVERGED_EXPLODING = "diverged_exploding"
 
 def _squared_norms(tensors: list[Tensor]) -> list[float]:
     """Squared 2-norms of ``tensors`` (float64) from one fused norm call and one device sync."""
-    norms = torch._foreach_norm(tensors)
+    norms = list(torch._foreach_norm(tensors))
     device = norms[0].device
     if any(n.device != device for n in norms):  # stages on several devices: gather first
         norms = [n.to(device) for n in norms]
-    return torch.stack(norms).double().pow(2).tolist()  # type: ignore[no-any-return]
+    squares: list[float] = torch.stack(norms).double().pow(2).tolist()
+    return squares
 
 
 class DivergenceGuard:

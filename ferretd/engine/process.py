@@ -163,7 +163,7 @@ class _SlotPool:
                         dst.copy_(src)
                     self.version_of[i] = number
                     return i
-            self.slots.append(tuple(t.detach().clone().share_memory_() for t in tensors))
+            self.slots.append(tuple(t.detach().clone().share_memory_() for t in tensors))  # type: ignore[no-untyped-call]
             self.version_of.append(number)
             return len(self.slots) - 1
 
@@ -239,7 +239,7 @@ class ProcessExecutor(RealtimeExecutor):
         self._drops: dict[Lane, list[int]] = {lane: [] for lane in program.lanes}
         self._drop_lock = threading.Lock()
         self._sent: dict[Lane, set[int]] = {lane: set() for lane in program.lanes}
-        ctx = mp.get_context(start_method)
+        ctx: Any = mp.get_context(start_method)  # typeshed's BaseContext lacks Process and Pipe
         if start_method == "forkserver":
             ctx.set_forkserver_preload(["torch", "ferretd.engine.process"])
         self._conns: dict[Lane, Any] = {}
@@ -282,7 +282,7 @@ class ProcessExecutor(RealtimeExecutor):
                 conn.send(("slot", slot, self.pools[lane[1]].slots[slot], []))
                 self._sent[lane].add(slot)
             conn.send((*msg, drops))
-            reply = conn.recv()
+            reply: tuple[Any, ...] = conn.recv()
         except (EOFError, OSError) as exc:
             raise WorkerLost(lane[0]) from exc
         if reply[0] != "ok":

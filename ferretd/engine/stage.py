@@ -31,6 +31,7 @@ import copy
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,29 @@ def _leaves(module: nn.Module) -> list[nn.Module] | None:
     return [module]
 
 
+def _linear_step(wi: int, bi: int | None) -> StageFn:
+    def step(t: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        return nn.functional.linear(x, t[wi], None if bi is None else t[bi])
+
+    return step
+
+
+def _conv_step(conv: Callable[..., Tensor], wi: int, bi: int | None, args: tuple[Any, ...]) -> StageFn:
+    def step(t: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        return conv(x, t[wi], None if bi is None else t[bi], *args)
+
+    return step
+
+
+def _plain_step(fn: Callable[..., Tensor], args: tuple[Any, ...]) -> StageFn:
+    """A parameter-free layer: ``fn(x, *args)``."""
+
+    def step(t: tuple[Tensor, ...], x: Tensor) -> Tensor:
+        return fn(x, *args)
+
+    return step
+
+
 def prebind(module: nn.Module, names: list[str]) -> StageFn | None:
     """A function ``f(tensors, x)`` equal to ``module(x)`` with ``tensors`` (in ``names`` order) as
     its parameters, or None when some leaf is not a plain layer (module docstring)."""
@@ -78,26 +102,24 @@ def prebind(module: nn.Module, names: list[str]) -> StageFn | None:
         kind = type(leaf)
         if kind is nn.Linear:
             wi, bi = index[id(leaf.weight)], index[id(leaf.bias)] if leaf.bias is not None else None
-            steps.append(lambda t, x, wi=wi, bi=bi: F.linear(x, t[wi], None if bi is None else t[bi]))
+            steps.append(_linear_step(wi, bi))
         elif kind in (nn.Conv1d, nn.Conv2d) and leaf.padding_mode == "zeros":
             wi, bi = index[id(leaf.weight)], index[id(leaf.bias)] if leaf.bias is not None else None
             conv = F.conv1d if kind is nn.Conv1d else F.conv2d
             args = (leaf.stride, leaf.padding, leaf.dilation, leaf.groups)
-            steps.append(
-                lambda t, x, wi=wi, bi=bi, conv=conv, args=args: conv(x, t[wi], None if bi is None else t[bi], *args)
-            )
+            steps.append(_conv_step(conv, wi, bi, args))
         elif kind is nn.ReLU and not leaf.inplace:
             steps.append(lambda t, x: torch.relu(x))
         elif kind in (nn.MaxPool1d, nn.MaxPool2d) and not leaf.return_indices:
             pool = F.max_pool1d if kind is nn.MaxPool1d else F.max_pool2d
             margs = (leaf.kernel_size, leaf.stride, leaf.padding, leaf.dilation, leaf.ceil_mode)
-            steps.append(lambda t, x, pool=pool, margs=margs: pool(x, *margs))
+            steps.append(_plain_step(pool, margs))
         elif kind is nn.AvgPool2d and leaf.divisor_override is None:
             aargs = (leaf.kernel_size, leaf.stride, leaf.padding, leaf.ceil_mode, leaf.count_include_pad)
-            steps.append(lambda t, x, aargs=aargs: F.avg_pool2d(x, *aargs))
+            steps.append(_plain_step(F.avg_pool2d, aargs))
         elif kind is nn.Flatten:
             dims = (leaf.start_dim, leaf.end_dim)
-            steps.append(lambda t, x, dims=dims: x.flatten(*dims))
+            steps.append(_plain_step(torch.flatten, dims))
         elif kind is nn.Identity or (kind is nn.Dropout and leaf.p == 0.0):
             continue
         else:
@@ -182,7 +204,8 @@ class StageRunner:
         for (owner, attr), t in zip(slots, tensors, strict=True):
             owner._parameters[attr] = t  # type: ignore[assignment]
         try:
-            return module(x)
+            out: Tensor = module(x)
+            return out
         finally:
             for owner, attr in slots:
                 owner._parameters[attr] = None
