@@ -9,7 +9,11 @@ thread lanes against process lanes by their measured overheads. Reported per ove
 of trained samples/s (trained / seconds from the first send until drained) and their ratio, and
 online accuracy over all arrivals (dropped ones scored too).
 
-Part 2, below, is the original MLP-on-digits run at 4x.
+Part 2, below, is the MLP-on-digits run at 4x (3 runs with ``--full``, medians).
+
+After the last send each daemon is paused (which flushes the learner's partial microbatches)
+before its counters are read, and each daemon's CPU (its process and every process under it,
+psutil) from the first send until drained is reported as the cores it used on average.
 
 Two ``ferretd`` processes run side by side, each with its own runtime/state directory under a
 temporary folder, and are fed the same digits stream by :class:`transports.client.SamplePublisher`
@@ -426,9 +430,11 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         "Wall-clock run on a shared 2-core machine: numbers vary between runs (not the virtual clock). "
         "'mean delay' is the daemon's arrival-to-update delay of trained samples. The daemon hands the engine "
         "at most what keeps its lanes busy (`in_flight_capacity`); the rest waits in the bounded ingest queue, "
-        "whose drop_oldest policy keeps what is trained fresh. The planner charges real-time lanes their measured "
-        "per-action overhead and the shared cores, which on this 2-core box makes one lane (P1 N1) the best plan "
-        "for this MLP: the 'ferret' daemon then runs the same sequential learner.",
+        "whose drop_oldest policy keeps what is trained fresh. The planner charges lanes their measured "
+        "per-action overhead (process lanes: the daemon's own CPU per action), the shared cores and the daemon's "
+        "own work per arrival, which on this 2-core box makes one lane (P1 N1) the best plan for this MLP: the "
+        "'ferret' daemon then runs the same sequential learner, and the ratio is 1 up to noise. 'CPU cores used' "
+        "shows how much of the box each daemon got; where its CPU goes is in docs/planner.md section 4b.",
     ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
     return {
