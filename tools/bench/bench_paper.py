@@ -176,3 +176,25 @@ def run(quick: bool, out_dir: Path) -> dict[str, Any]:
     }
     return {"title": "Paper headline, fair reproduction (conv net on MNIST, virtual clock)", "markdown": markdown,
             "data": payload}  # fmt: skip
+
+
+def rerender(out_dir: Path) -> None:
+    """Rebuild paper.md's tables and the plots from the committed paper.json, without re-running."""
+    import json
+
+    data = json.loads((out_dir / "paper.json").read_text())
+    md = out_dir / "paper.md"
+    header = "\n\n".join(md.read_text().split("\n\n")[:2])  # title, command and machine lines
+    markdown, summary = build_report(
+        data["runs"], data["curves_seed0"], data["streams"], data["settings"], data["tuning"], out_dir, data["seconds"]
+    )
+    md.write_text(header + "\n\n" + markdown.rstrip() + "\n")
+    data["summary"] = summary
+    (out_dir / "paper.json").write_text(json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+if __name__ == "__main__":  # python tools/bench/bench_paper.py --rerender
+    if sys.argv[1:] == ["--rerender"]:
+        rerender(Path(__file__).resolve().parents[2] / "docs" / "benchmarks")
+    else:
+        sys.exit("run through tools/bench/run_all.py --only paper, or --rerender")

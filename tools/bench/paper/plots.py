@@ -2,7 +2,8 @@
 
 * ``paper_oacc_vs_memory.png``: one panel per (stream, D) at every load side by side; each
   competitor a marker (mean oacc +- std over seeds, x = allocator-measured peak), Ferret's plans
-  a red line (iter_fisher) and a grey one (no compensation) sorted by memory.
+  as dots, red (iter_fisher) and grey (no compensation), with a line through the best accuracy
+  reached at no more memory.
 * ``paper_oacc_over_time.png``: cumulative online accuracy of seed 0 at the highest load and the
   largest D, one panel per stream.
 """
@@ -29,6 +30,7 @@ TIME_METHODS = (
     f"{NOCOMP} (unconstrained)",
 )
 MARKERS = "os^vDP*Xhd<>p"
+MIB = 2**20
 
 
 def _plt() -> Any:
@@ -52,24 +54,26 @@ def plot_memory(summ: dict[Any, dict[str, Any]], out_dir: Path, streams: list[st
             rows = {m: s for (a, b, c, m), s in summ.items() if (a, b, c) == (st, ld, d) and s["measured_bytes"]}
             for family, color in ((FERRET, "tab:red"), (NOCOMP, "0.5")):
                 pts = sorted(
-                    (s["measured_bytes"] / 1024, 100 * np.mean(s["oacc"]))
+                    (s["measured_bytes"] / MIB, 100 * np.mean(s["oacc"]))
                     for s in rows.values()
                     if s["family"] == family and s["ocl"] == "vanilla"
                 )
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], "-", color=color, lw=1.2, label=f"{family} plans")
+                frontier = [p for i, p in enumerate(pts) if all(p[1] > q[1] for q in pts[:i])]
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], ".", color=color, ms=3)
+                ax.plot([p[0] for p in frontier], [p[1] for p in frontier], "-", color=color, lw=1.2,
+                        label=f"{family} plans (best at <= memory)")  # fmt: skip
             for m, s in sorted(rows.items()):
                 if s["group"] in ("stream", "pipeline"):
                     k = names.index(m)
-                    ax.errorbar(s["measured_bytes"] / 1024, 100 * np.mean(s["oacc"]), yerr=100 * np.std(s["oacc"]),
+                    ax.errorbar(s["measured_bytes"] / MIB, 100 * np.mean(s["oacc"]), yerr=100 * np.std(s["oacc"]),
                                 fmt=MARKERS[k % len(MARKERS)], color=plt.get_cmap("tab10")(k % 10), ms=4, capsize=2,
                                 label=m.split(" (B=")[0])  # fmt: skip
-            ax.set_xscale("log")
             ax.set_title(f"{st}, load {ld}x, D={d}", fontsize=8)
             ax.tick_params(labelsize=6)
             if j == 0:
                 ax.set_ylabel("online acc %", fontsize=7)
             if i == len(panels) - 1:
-                ax.set_xlabel("measured peak KiB (log)", fontsize=7)
+                ax.set_xlabel("allocator-measured peak MiB", fontsize=7)
     handles, labels = axes[0][0].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=6, fontsize=7)
     fig.tight_layout(rect=(0, 0.05, 1, 1))
