@@ -97,6 +97,7 @@ class MemoryParams:
     concurrent_lanes: bool = True
     log_entries: int = 0
     worker_process_bytes: int = 0
+    ocl_bytes: int = 0  # the OCL method's own state at its bound (``OclMethod.memory_bound``), any plan
 
     @classmethod
     def for_training(
@@ -139,6 +140,7 @@ class MemoryBreakdown:
     transit_bytes: int = 0
     transient_bytes: int = 0
     log_bytes: int = 0  # the action log, plus the worker processes' own memory (process executor)
+    ocl_bytes: int = 0  # replay buffer, teacher or importance weights of the OCL method
 
 
 def closed_form_versions(ahead: int, lanes: Sequence[tuple[int, bool]]) -> int:
@@ -350,7 +352,7 @@ def predict_memory(
     log_bytes = params.log_entries * LOG_ENTRY_BYTES
     log_bytes += params.worker_process_bytes * len(active) * plan.num_stages
     return MemoryBreakdown(
-        total_bytes=sum(per_stage) + transit + transient + log_bytes,
+        total_bytes=sum(per_stage) + transit + transient + log_bytes + params.ocl_bytes,
         version_bytes=totals["version"],
         delta_bytes=totals["delta"],
         grad_bytes=totals["grad"],
@@ -362,4 +364,5 @@ def predict_memory(
         transit_bytes=transit,
         transient_bytes=transient,
         log_bytes=log_bytes,
+        ocl_bytes=params.ocl_bytes,
     )

@@ -36,7 +36,10 @@ from ferretd.planner.search import BudgetTooSmall, PlanSearch
 log = structlog.get_logger(__name__)
 
 
-def memory_params_for_config(config: Config, executor: str | None = None) -> MemoryParams:
+def memory_params_for_config(
+    config: Config, executor: str | None = None, profile: Profile | None = None
+) -> MemoryParams:
+    """Memory-model parameters of ``config``; with ``profile``, the OCL method's bound is counted."""
     from ferretd.engine.pipeline import DEFAULT_LOG_LIMIT
 
     comp = config.compensation
@@ -52,7 +55,19 @@ def memory_params_for_config(config: Config, executor: str | None = None) -> Mem
     )
     if config.snapshot.export == "ema":  # the weight average the learner serves: one more copy
         params = replace(params, fixed_copies=params.fixed_copies + 1)
+    if profile is not None and config.ocl.method != "vanilla":
+        params = replace(params, ocl_bytes=ocl_bound_bytes(config, profile.total_param_bytes))
     return params
+
+
+def ocl_bound_bytes(config: Config, param_bytes: int) -> int:
+    """``memory_bound`` of the configured OCL method, built as the pipeline learner builds it."""
+    import dataclasses
+
+    from ferretd.ocl.base import make_ocl
+
+    hyper = {**dataclasses.asdict(config.ocl), "seed": config.training.seed, "lr": config.training.lr}
+    return make_ocl(config.ocl.method, **hyper).memory_bound(param_bytes)
 
 
 def profile_cache_dir(config: Config) -> Path | None:
@@ -147,7 +162,7 @@ def plan_for_config(
         searcher = PlanSearch(
             profile,
             rate_params_for_config(config, profile, arrival_interval_s, executor),
-            memory_params_for_config(config, executor),
+            memory_params_for_config(config, executor, profile),
             max_workers=config.planner.max_workers,
             max_stages=min(config.planner.max_stages, profile.num_blocks),
             num_gpus=num_gpus,
