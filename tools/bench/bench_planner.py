@@ -180,7 +180,7 @@ class MemoryProbe:
                     seen.add(ptr)
                     extra += nbytes
         acts = self.saved_bytes + extra
-        grads = sum(t.numel() * t.element_size() for es in core.windows.values() for e in es for t in e.grads)
+        grads = sum(t.numel() * t.element_size() for gs in list(core.waiting.values()) for t in gs)
         for k, v in (("versions", versions), ("activations", acts), ("grads", grads)):
             self.peak[k] = max(self.peak[k], v)
         self.peak["dynamic"] = max(self.peak["dynamic"], versions + acts + grads)
