@@ -52,7 +52,7 @@ class ControlComponent:
 
     @property
     def errors(self) -> int:
-        return getattr(self.server, "errors", 0)
+        return self.server.errors if self.server is not None else 0
 
     # ------------------------------------------------------------------ component
 

@@ -84,7 +84,7 @@ class IngestComponent:
 
     @property
     def handler_errors(self) -> int:
-        return getattr(self.server, "handler_errors", 0)
+        return self.server.handler_errors if self.server is not None else 0
 
     def observe_drops(self) -> None:
         """Feed the health check's recent-drop window (about once a second)."""

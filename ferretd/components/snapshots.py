@@ -76,7 +76,7 @@ class SnapshotComponent:
 
     @property
     def errors(self) -> int:
-        return getattr(self.service, "errors", 0)
+        return self.service.errors if self.service is not None else 0
 
     # ------------------------------------------------------------------ loop thread
 
