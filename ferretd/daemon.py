@@ -127,7 +127,7 @@ class Daemon:
         self.paused = False
         self.liveness = Liveness()
         self.resumed_from = self.checkpoints.resume_newest(
-            self.trainer.model_template(),
+            self.trainer.model_template,
             lambda state: lifecycle.restore_checkpoint(self._checkpointed(), state),
             self._reset_learning_state,
             self.health_issues,

@@ -74,11 +74,16 @@ class CheckpointComponent:
         self._failures.warning("checkpoint_failed", "checkpoint_failed", error=str(exc))
 
     def resume_newest(
-        self, template: torch.nn.Module, restore: Restore, reset: Callable[[], None], issues: HealthIssues
+        self,
+        template: Callable[[], torch.nn.Module],
+        restore: Restore,
+        reset: Callable[[], None],
+        issues: HealthIssues,
     ) -> int | None:
         """Resume from the newest usable checkpoint; returns its seq, or ``None`` (from scratch).
 
-        ``restore`` takes a checkpoint into the components; when it raises half-way, ``reset``
+        ``template`` builds the configured model (only when there is a checkpoint to check against
+        it); ``restore`` takes a checkpoint into the components; when it raises half-way, ``reset``
         puts them back to a fresh start. Never raises for anything found on disk."""
         problems: list[str] = []
         seq: int | None = None
@@ -90,7 +95,7 @@ class CheckpointComponent:
                 problems.append(f"checkpoint {candidate} unusable")
                 continue
             learner = state.get("learner")
-            problem = model_fit_error(learner.get("model") if isinstance(learner, dict) else None, template)
+            problem = model_fit_error(learner.get("model") if isinstance(learner, dict) else None, template())
             if problem is None:
                 try:
                     restore(state)

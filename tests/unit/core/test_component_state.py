@@ -125,7 +125,7 @@ def test_a_checkpoint_file_restores_every_component(config):
     fresh_score = ScoreComponent(config, lambda: fresh_trainer.learner)
     fresh = (fresh_trainer, fresh_score, IngestComponent(config), Replanner(config))
     seq = CheckpointComponent(config).resume_newest(
-        fresh_trainer.model_template(),
+        fresh_trainer.model_template,
         lambda state: lifecycle.restore_checkpoint(fresh, state),
         reset=lambda: pytest.fail("the checkpoint must restore"),
         issues=lifecycle_issues(),
