@@ -148,6 +148,8 @@ def test_no_module_level_import_cycle():
         "ferretd.components.trainer",
         "ferretd.components.snapshots",
         "ferretd.components.checkpoints",
+        "ferretd.components",
+        "ferretd.shutdown",
         "ferretd.daemon",
     ],
 )
