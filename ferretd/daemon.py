@@ -280,7 +280,7 @@ class Daemon:
             self.score.score_dropped(self.queue.take_dropped)
         self.snapshots.maybe()
         self._maybe_checkpoint()
-        self.history.maybe_record(self)
+        self.history.maybe_record(self.sources)
         if self.replanner.due():
             self.replan(reason="headroom")
         if self._training_progressing() and self.notifier.maybe_ping():

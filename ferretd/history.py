@@ -13,7 +13,10 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ferretd.status import StatusSources
 
 FIELDS = ("t", "received", "trained", "dropped", "invalid", "online_accuracy", "window_accuracy", "updates")
 
@@ -25,14 +28,14 @@ class History:
         self._next = 0.0  # monotonic time of the next point
         self._lock = threading.Lock()
 
-    def maybe_record(self, daemon: Any, now: float | None = None) -> bool:
+    def maybe_record(self, parts: StatusSources, now: float | None = None) -> bool:
         """Record a point when one is due (called from the daemon loop); True when it did."""
         now = time.monotonic() if now is None else now
         if now < self._next:
             return False
         self._next = now + self.every_s
-        ledger = daemon.queue.snapshot()
-        score = daemon.score_summary()
+        ledger = parts.ingest.queue.snapshot()
+        score = parts.score.summary()
         point = (
             round(time.time(), 3),
             ledger.received,
@@ -41,7 +44,7 @@ class History:
             sum(ledger.invalid.values()),
             score.get("online_accuracy"),
             score.get("window_accuracy"),
-            daemon.learner.updates,
+            parts.trainer.updates,
         )
         with self._lock:
             self._points.append(point)
