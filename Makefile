@@ -23,10 +23,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy  # strict on ferretd/engine and transports ([tool.mypy] in pyproject.toml)
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
 
 bench: $(STAMP)
 	$(PY) tools/bench/run_all.py --full
