@@ -87,6 +87,18 @@ def test_planner_passes_the_measured_parent_cpu_and_the_arrival_work(tmp_path) -
     assert rate_params_for_config(config, profile, 1e-3, "process").parent_cpu_s == 5e-4
 
 
+def test_auto_weighs_the_parents_cpu_of_process_lanes(tmp_path) -> None:
+    """Process lanes with a cheap pipe round trip win over GIL-bound threads, unless the daemon's
+    process spends more CPU per action on them than a thread lane costs: then threads win."""
+    config = _config(tmp_path)
+    profiler = Profiler(cache_dir=tmp_path / "profiles", warmup=1, repeats=2)
+    head = Headroom(budget_bytes=1 << 30, raw_bytes=1 << 30, bound_by="cap", safety_factor=1.0, sources={})
+    _seed_overheads(tmp_path, realtime=2e-3, process=1e-6, parent_cpu=1e-6)
+    assert plan_for_config(config, headroom=head, profiler=profiler, num_gpus=0).extra["executor"] == "process"
+    _seed_overheads(tmp_path, realtime=2e-3, process=1e-6, parent_cpu=4e-3)
+    assert plan_for_config(config, headroom=head, profiler=profiler, num_gpus=0).extra["executor"] == "realtime"
+
+
 def _seed_overheads(state_dir, realtime: float, process: float, parent_cpu: float | None = None) -> None:
     """Write the overhead caches the planner reads, instead of measuring."""
     profiles = state_dir / "profiles"
