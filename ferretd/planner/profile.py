@@ -224,15 +224,15 @@ class AllocationRecorder:
     net = 0
 
     def __enter__(self) -> AllocationRecorder:
-        from torch.autograd import ProfilerConfig, ProfilerState
+        from torch.autograd import ProfilerConfig, ProfilerState  # type: ignore[attr-defined]
 
-        experimental = torch.profiler._ExperimentalConfig()
+        experimental = torch.profiler._ExperimentalConfig()  # type: ignore[attr-defined]
         config = ProfilerConfig(ProfilerState.CPU, False, True, False, False, False, experimental)
-        torch.autograd._enable_profiler_legacy(config)
+        torch.autograd._enable_profiler_legacy(config)  # type: ignore[attr-defined]
         return self
 
     def __exit__(self, *exc: object) -> None:
-        records = torch.autograd._disable_profiler_legacy()
+        records: Any = torch.autograd._disable_profiler_legacy()  # type: ignore[attr-defined]
         allocs = [r for thread in records for r in thread if r.kind() == "memory_alloc"]
         allocs.sort(key=lambda r: r.start_us())
         live = peak = 0
