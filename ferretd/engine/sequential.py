@@ -61,10 +61,11 @@ class SequentialLearner(OnlineLearner):
         return self._updates
 
     def predict_one(self, x: np.ndarray) -> np.ndarray:
-        with self._lock, torch.no_grad():
+        with self._lock, torch.no_grad():  # normalised as a tensor: no numpy round trip (same bits)
+            features = torch.as_tensor(x, dtype=torch.float32)
             if self.norm is not None:
-                x = self.norm.apply(x)
-            logits = self.model(torch.as_tensor(x, dtype=torch.float32).unsqueeze(0))
+                features = self.norm(features)
+            logits = self.model(features.unsqueeze(0))
         return torch.softmax(logits, dim=1)[0].numpy()
 
     def predict_many(self, xs: np.ndarray) -> np.ndarray:
