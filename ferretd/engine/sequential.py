@@ -116,8 +116,7 @@ class SequentialLearner(OnlineLearner):
                 refused = self.guard.check_update(current, new)
                 if refused is None:
                     with torch.no_grad():
-                        for p, n in zip(self.params, new, strict=True):
-                            p.copy_(n)
+                        torch._foreach_copy_(tuple(self.params), list(new))
                     self.optim = optim
                     if self.average is not None:
                         self.average.update(new)
