@@ -2,12 +2,13 @@
 
 For both stream orders (shuffled ``mnist``, class-incremental ``mnist-ci``; data.py), load
 levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D (1, 4 quick;
-1, 2, 4, 8 full) and seeds 0, 1, 2 (weights and a disjoint MNIST slice each), run every row of
-paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices), each
+1, 2, 4, 8 full) and seeds 0, 1, 2 (weights and a disjoint MNIST slice each; :func:`sizes` sets
+the images per seed, 1024 quick and 1536 full, to fit about 15 and 40 minutes on a shared 2-core
+box), run every row of paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices), each
 family at its own learning rate tuned on a separate slice with the same grid (paper/tuning.py).
 One rule for every strategy: a step or accumulation window of k microbatches sums their
 gradients. The OCL methods Vanilla, ER, MIR, LwF, MAS run on the Ferret (unconstrained) plan on
-the class-incremental stream (quick: at D = 4 only).
+the class-incremental stream (quick: at D = 4 and load 2x only).
 
 Memory: the prediction of one formula for every row (plans.py) and the allocator-measured peak of
 the seed-0 run on the shuffled order (runners.py; the class-incremental rows run the same plans on
@@ -50,7 +51,7 @@ TEST_SAMPLES = 512
 
 def sizes(quick: bool) -> tuple[int, tuple[int, ...]]:
     """(training images per seed, device counts)."""
-    return (1536, (1, 4)) if quick else (2048, (1, 2, 4, 8))
+    return (1024, (1, 4)) if quick else (1536, (1, 2, 4, 8))
 
 
 def stream_info(name: str, samples: int) -> dict[str, Any]:
@@ -83,7 +84,7 @@ def jobs_for(names: list[str], profile: Any, devices: tuple[int, ...], quick: bo
             for name in names:
                 for seed in SEEDS:
                     jobs += [(name, load, d, seed, g, s, p, "vanilla") for g, s, p in rows]
-                    if name == "mnist-ci" and (not quick or d == TUNE_DEVICES):
+                    if name == "mnist-ci" and (not quick or (d, load) == (TUNE_DEVICES, TUNE_LOAD)):
                         unc = unconstrained(rows)
                         jobs += [(name, load, d, seed, "ocl", unc, "engine", m) for m in OCL_METHODS[1:]]
     return jobs

@@ -24,6 +24,10 @@ its ``PipelineCore.window_reduce = "sum"`` option (the product default stays "me
   plan's lanes; admission control: an arrival goes to the next worker (round robin) whose stage-0
   lane has no forward waiting, else it is dropped (1-Skip per worker).
 
+OCL methods take the product defaults, except that LwF and MAS refresh their reference model /
+importance ``OCL_REFRESHES`` times per stream: the default period (1000 samples) is about a whole
+quick stream, which would leave them inert.
+
 ``measure=True`` runs the learner's whole life (construction, stream, flush) under the
 allocator recorder (:class:`ferretd.planner.profile.AllocationRecorder`): the peak of live torch
 bytes above the level before it. The stream's images are allocated before; buffered copies and
@@ -48,6 +52,8 @@ from ferretd.engine.pipeline import PipelineLearner
 from ferretd.planner.profile import AllocationRecorder, Profile
 from tools.bench.paper.plans import MICROBATCH, Strategy, build_model
 from tools.streams import Stream
+
+OCL_REFRESHES = 8  # LwF / MAS refresh their reference this many times per stream (default 1000 samples)
 
 
 @dataclass
@@ -208,7 +214,9 @@ def run_engine(
             cfg = CompensationConfig(method=strategy.compensation)
             comp = make_compensator(strategy.compensation, **dataclasses.asdict(cfg))
         ocl_hyper = dataclasses.asdict(OclConfig(method=ocl))
-        ocl_method = make_ocl(ocl, **{**ocl_hyper, "seed": seed, "lr": lr})
+        refresh = max(MICROBATCH, len(stream.y) // OCL_REFRESHES)
+        hyper = {**ocl_hyper, "seed": seed, "lr": lr, "lwf_refresh": refresh, "mas_refresh": refresh}
+        ocl_method = make_ocl(ocl, **hyper)
         model = build_model(seed)
         learner = StreamPipeline(
             model,
