@@ -31,8 +31,8 @@ one sample every ``t_d`` virtual seconds (microbatch 1), prequential online accu
 single lane cannot keep up and the knobs matter. Spearman rank correlation between predicted R and
 measured online accuracy.
 
-Virtual-clock note: ``PipelineLearner`` builds its cost function without recompute workers, so
-the bench installs one that charges the extra forward of recompute (as the planner assumes).
+Virtual-clock note: the engine's virtual executor charges a recomputing worker's backward its
+extra forward (``executors._virtual``), as the planner assumes.
 
 Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only planner``.
 """
@@ -57,7 +57,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from ferretd.config import TrainingConfig
-from ferretd.engine.clock import cost_function
 from ferretd.engine.executors import ExecutorSpec
 from ferretd.engine.learner import PrequentialScore
 from ferretd.engine.plan import Plan
@@ -94,8 +93,6 @@ def make_learner(model: torch.nn.Sequential, plan: Plan, profile: Profile, t_d: 
     learner = PipelineLearner(
         model, plan, training, compensator, executor=ExecutorSpec.virtual(table, t_d=t_d, log_limit=LOG_LIMIT)
     )
-    recompute = [n for n, w in enumerate(plan.workers) if w.recompute]
-    learner.executor.clock.cost = cost_function(table, recompute_workers=recompute)
     return learner
 
 
