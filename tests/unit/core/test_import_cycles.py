@@ -9,83 +9,12 @@ and fast; a handful of modules are then imported first in a fresh interpreter ea
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-PACKAGES = ("ferretd", "transports")
-
-
-def module_name(path: Path) -> str:
-    parts = list(path.relative_to(ROOT).with_suffix("").parts)
-    if parts[-1] == "__init__":
-        parts.pop()
-    return ".".join(parts)
-
-
-def all_modules() -> dict[str, Path]:
-    return {module_name(p): p for pkg in PACKAGES for p in sorted((ROOT / pkg).rglob("*.py"))}
-
-
-def _is_type_checking(node: ast.If) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
-    )
-
-
-def top_level_imports(name: str, path: Path, known: set[str]) -> set[str]:
-    """Project modules imported at module level (a package import also runs its ``__init__``)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
-    is_package = path.name == "__init__.py"
-    found: set[str] = set()
-
-    def add(target: str) -> None:
-        while target and target not in known:
-            target = target.rpartition(".")[0]
-        if target and target != name:
-            found.add(target)
-
-    def visit(statements: list[ast.stmt]) -> None:
-        for node in statements:
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    add(alias.name)
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = name if is_package else name.rpartition(".")[0]
-                    for _ in range(node.level - 1):
-                        base = base.rpartition(".")[0]
-                    module = f"{base}.{node.module}" if node.module else base
-                else:
-                    module = node.module or ""
-                add(module)
-                for alias in node.names:  # ``from pkg import submodule``
-                    if f"{module}.{alias.name}" in known:
-                        add(f"{module}.{alias.name}")
-            elif isinstance(node, ast.If) and not _is_type_checking(node):
-                visit(node.body)
-                visit(node.orelse)
-            elif isinstance(node, ast.Try):
-                visit(node.body)
-                for handler in node.handlers:
-                    visit(handler.body)
-                visit(node.orelse)
-                visit(node.finalbody)
-
-    visit(tree.body)
-    # importing a.b.c first imports the packages a and a.b
-    parts = name.split(".")
-    for i in range(1, len(parts)):
-        parent = ".".join(parts[:i])
-        if parent in known:
-            found.add(parent)
-    found.discard(name)
-    return found
+from tests.import_graph import ROOT, all_modules, direct_imports
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -111,9 +40,9 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 
 def import_graph() -> dict[str, set[str]]:
+    """Each module's module-level imports of other project modules."""
     modules = all_modules()
-    known = set(modules)
-    return {name: top_level_imports(name, path, known) for name, path in modules.items()}
+    return {name: {dep for dep in direct_imports(name, late=False) if dep in modules} for name in modules}
 
 
 def test_the_finder_sees_a_planted_cycle():
