@@ -11,33 +11,36 @@ Directories follow systemd: ``$RUNTIME_DIRECTORY`` holds the ipc sockets and
 ``$XDG_STATE_HOME/ferretd`` (else ``~/.local/state/ferretd``). Endpoints left empty in the file
 are derived from the runtime directory, which is how ``ferretctl`` finds the control socket.
 
-The package: ``schema`` (the sections), ``validate`` (ConfigError and the checks), ``load``
+The package: ``schema`` (the service sections and :class:`Config`), ``learning`` (the learning
+sections), ``validate`` (ConfigError and the checks), ``load``
 (TOML -> dataclasses -> resolved directories), ``live`` (what a reload changes: :func:`diff_live`).
 Stdlib only (architecture rule 1).
 """
 
 from __future__ import annotations
 
-from ferretd.config.live import LiveDiff, diff_live
-from ferretd.config.load import default_runtime_dir, default_state_dir, load_config, resolve_paths
-from ferretd.config.schema import (
+from ferretd.config.learning import (
     OCL_METHOD_NAMES,
-    CheckpointConfig,
     CompensationConfig,
-    Config,
-    ControlConfig,
-    DaemonConfig,
     DriftConfig,
-    InferenceConfig,
-    IngestConfig,
-    MetricsConfig,
     ModelConfig,
     OclConfig,
     PipelineConfig,
     PlannerConfig,
+    TrainingConfig,
+)
+from ferretd.config.live import LiveDiff, diff_live
+from ferretd.config.load import default_runtime_dir, default_state_dir, load_config, resolve_paths
+from ferretd.config.schema import (
+    CheckpointConfig,
+    Config,
+    ControlConfig,
+    DaemonConfig,
+    InferenceConfig,
+    IngestConfig,
+    MetricsConfig,
     SecurityConfig,
     SnapshotConfig,
-    TrainingConfig,
 )
 from ferretd.config.validate import ENVELOPE_BYTES, ConfigError
 

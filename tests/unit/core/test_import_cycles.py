@@ -68,6 +68,7 @@ def test_no_module_level_import_cycle():
     [
         "ferretd.config.load",
         "ferretd.config.schema",
+        "ferretd.config.learning",
         "ferretd.config.live",
         "ferretd.config",
         "ferretd.lifecycle",
