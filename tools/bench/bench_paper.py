@@ -1,9 +1,8 @@
 """The Ferret paper's headline, reproduced fairly: conv net on MNIST, equal devices, tuned baselines.
 
 For both stream orders (shuffled ``mnist``, class-incremental ``mnist-ci``; data.py), load
-levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D (1, 4 quick;
-1, 2, 4, 8 full) and seeds 0, 1, 2 (weights and a disjoint MNIST slice each; :func:`sizes` sets
-the images per seed, 1024 quick and 1536 full, to fit about 15 and 40 minutes on a shared 2-core
+levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D = 1, 2, 4, 8 and seeds 0, 1, 2 (weights and a disjoint MNIST slice each; :func:`sizes` sets
+the images per seed, 1024 quick and 1536 full, to fit about 15 and 60 minutes on a shared 2-core
 box), run every row of paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices), each
 family at its own learning rate tuned on a separate slice with the same grid (paper/tuning.py).
 One rule for every strategy: a step or accumulation window of k microbatches sums their
@@ -51,7 +50,7 @@ TEST_SAMPLES = 512
 
 def sizes(quick: bool) -> tuple[int, tuple[int, ...]]:
     """(training images per seed, device counts)."""
-    return (1024, (1, 4)) if quick else (1536, (1, 2, 4, 8))
+    return (1024, (1, 2, 4, 8)) if quick else (1536, (1, 2, 4, 8))
 
 
 def stream_info(name: str, samples: int) -> dict[str, Any]:

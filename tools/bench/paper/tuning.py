@@ -19,7 +19,7 @@ from ferretd.planner.profile import Profile
 from tools.bench.paper.strategies import FERRET, NOCOMP, run, strategies
 from tools.streams import Stream
 
-LR_GRID = (0.025, 0.05, 0.1, 0.2)
+LR_GRID = (0.00625, 0.0125, 0.025, 0.05, 0.1, 0.2)  # the class-incremental order picked 0.025, the old bottom
 TUNE_LOAD = 2
 TUNE_DEVICES = 4
 
