@@ -176,7 +176,7 @@ def _decode(value: Any) -> Any:
 _PLAIN_DTYPES = frozenset(f"{order}{kind}{size}" for order in "<>|" for kind in "fiub" for size in (1, 2, 4, 8))
 
 
-def model_fit_error(saved: dict[str, Any], model: torch.nn.Module) -> str | None:
+def model_fit_error(saved: object, model: torch.nn.Module) -> str | None:
     """Why the weights ``saved`` (a module state dict) do not fit ``model``; ``None`` if they do."""
     if not isinstance(saved, dict):
         return "the checkpoint holds no model weights"

@@ -273,11 +273,13 @@ class Daemon:
             self.score.score_dropped(self.queue.take_dropped)
             self._handle(self.events.get(timeout=TICK_S))
         else:
-            for sample in self.queue.take(
+            batch = self.queue.take(
                 self.config.training.microbatch, timeout=TICK_S, max_in_flight=self.trainer.in_flight_cap()
-            ):
-                self._process(sample)
+            )
+            self._process(batch)
             self.score.score_dropped(self.queue.take_dropped)
+            if not batch:
+                self.trainer.flush_when_idle(self.queue)
         self.snapshots.maybe()
         self._maybe_checkpoint()
         self.history.maybe_record(self.sources)
@@ -286,10 +288,11 @@ class Daemon:
         if self._training_progressing() and self.notifier.maybe_ping():
             self.notifier.status(self.status_line())
 
-    def _process(self, sample: Sample) -> None:
-        self.score.score_one(sample)  # test, then train
-        self.snapshots.observe(sample.features, sample.label)
-        self.trainer.learn(sample)
+    def _process(self, batch: list[Sample]) -> None:
+        self.score.score_many(batch)  # test, then train: one forward predicts the whole batch
+        for sample in batch:
+            self.snapshots.observe(sample.features, sample.label)
+            self.trainer.learn(sample)
 
     def _training_progressing(self) -> bool:
         ledger = self.queue.snapshot()

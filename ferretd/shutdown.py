@@ -62,7 +62,7 @@ def drain(
     *,
     microbatch: int,
     wait_s: float,
-    process: Callable[[Sample], None],
+    process: Callable[[list[Sample]], None],
     between: Callable[[], None],
     until: float,
 ) -> int:
@@ -70,8 +70,7 @@ def drain(
     and score the rest. Returns how many were dropped."""
     while time.monotonic() < until and len(queue):
         between()
-        for sample in queue.take(microbatch, timeout=wait_s, max_in_flight=trainer.in_flight_cap()):
-            process(sample)
+        process(queue.take(microbatch, timeout=wait_s, max_in_flight=trainer.in_flight_cap()))
     dropped = queue.drop_waiting(DropReason.SHUTDOWN)
     score.score_dropped(queue.take_dropped, until=until)
     return dropped

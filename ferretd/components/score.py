@@ -54,18 +54,26 @@ class ScoreComponent:
         """Predict one arrival with the current model and score it (once)."""
         self._record([sample], self._learner().predict_one(sample.features)[None, :])
 
+    def score_many(self, samples: list[Sample]) -> None:
+        """Predict a batch of arrivals with one forward and score each (once).
+
+        Samples whose shapes do not stack (a custom model with variable input) are predicted one by one."""
+        if not samples:
+            return
+        try:
+            features = np.stack([sample.features for sample in samples])
+        except ValueError:
+            for sample in samples:
+                self.score_one(sample)
+        else:
+            self._record(samples, self._learner().predict_many(features))
+
     def score_dropped(self, take_dropped: Callable[[int], list[Sample]], until: float | None = None) -> None:
         """Score the dropped samples ``take_dropped`` hands out, a batch at a time.
 
         ``until`` (shutdown): stop at that monotonic time; what is left stays unscored."""
         while batch := take_dropped(DROPPED_BATCH):
-            try:
-                features = np.stack([sample.features for sample in batch])
-            except ValueError:
-                for sample in batch:
-                    self.score_one(sample)
-            else:
-                self._record(batch, self._learner().predict_many(features))
+            self.score_many(batch)
             if until is not None and time.monotonic() >= until:
                 return
 

@@ -24,12 +24,15 @@ import torch
 from ferretd.config import Config
 from ferretd.engine.learner import LearnOutcome, OnlineLearner
 from ferretd.engine.plan import Plan
+from ferretd.ingest import SampleQueue
 from ferretd.learners import learner_kind, make_learner
 from ferretd.lifecycle import adapt_learner_state
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, Sample
 
 log = structlog.get_logger("ferretd.trainer")
+
+IDLE_FLUSH_S = 1.0  # a stream quiet this long gets the learner's partial microbatch trained
 
 Settle = Callable[[bool, str], None]
 
@@ -45,6 +48,7 @@ class Trainer:
         self._delay_sum = 0.0
         self._delay_count = 0
         self.last_divergence_at: float | None = None
+        self._flushed_after = -1.0  # the last arrival before the latest idle flush
 
     @property
     def updates(self) -> int:
@@ -81,6 +85,21 @@ class Trainer:
 
     def flush(self, timeout: float) -> bool:
         return self.learner.flush(timeout=timeout)
+
+    def flush_when_idle(self, queue: SampleQueue) -> None:
+        """Train what the learner still holds once the stream has been quiet for IDLE_FLUSH_S.
+
+        A learner keeps a partial microbatch (or accumulation window) until it fills; without
+        this, the last samples before a pause in the stream would wait, untrained, for the next
+        ones. Called by the loop when it took nothing; once per quiet spell."""
+        last_arrival = queue.last_received_at
+        if last_arrival == self._flushed_after or time.monotonic() - last_arrival < IDLE_FLUSH_S:
+            return
+        if len(queue) or not queue.snapshot().in_flight:
+            return
+        self._flushed_after = last_arrival
+        if not self.learner.flush(timeout=self._config.daemon.shutdown_timeout_s):
+            log.warning("idle_flush_timeout", detail="the learner did not settle its partial microbatch in time")
 
     def switch_plan(self, new: Plan, timeout: float) -> bool:
         """Run ``new`` from a safe point on; swap learners when its kind differs. False: not drained."""

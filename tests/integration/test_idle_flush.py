@@ -1,0 +1,28 @@
+"""A stream that goes quiet gets its last partial microbatch trained (real daemon, real sockets).
+
+Without the idle flush the learner would hold the remainder of a microbatch until more samples
+came, so ``trained`` would stop short of ``received`` for as long as the devices are quiet."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.integration.harness import ThreadedDaemon, config_from, digits, wait_for, write_config
+from transports.client import SamplePublisher
+
+
+@pytest.mark.parametrize("stages", [1, 2])  # the sequential learner, the pipeline engine
+def test_the_remainder_of_a_microbatch_is_trained_once_the_stream_is_quiet(ipc_dir, stages):
+    pipeline = {"plan": "manual", "stages": stages, "workers": 1}
+    config = config_from(write_config(ipc_dir, training={"microbatch": 8}, pipeline=pipeline))
+    x, y = digits(21)  # two full microbatches and five samples left over
+    with ThreadedDaemon(config) as td:
+        daemon = td.daemon
+        with SamplePublisher(config.ingest.endpoint, "dev") as pub:
+            for features, label in zip(x, y, strict=True):
+                assert pub.publish(features, int(label))
+        wait_for(lambda: daemon.queue.snapshot().received == 21, what="all received")
+        wait_for(lambda: daemon.queue.snapshot().trained == 21, timeout=15, what="the remainder trained")
+        ledger = daemon.queue.snapshot()
+        assert ledger.balanced and ledger.in_flight == 0 and ledger.waiting == 0
+        assert daemon.score.seen == 21
