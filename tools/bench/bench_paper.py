@@ -1,10 +1,11 @@
 """The Ferret paper's headline, reproduced fairly: conv net on MNIST, equal devices, tuned baselines.
 
 For both stream orders (shuffled ``mnist``, class-incremental ``mnist-ci``; data.py), load
-levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D = 1, 2, 4, 8 and seeds 0, 1, 2 (weights and a disjoint MNIST slice each; :func:`sizes` sets
-the images per seed, 1024 quick and 1536 full, to fit about 15 and 60 minutes on a shared 2-core
-box), run every row of paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices), each
-family at its own learning rate tuned on a separate slice with the same grid (paper/tuning.py).
+levels 1x / 2x / 4x (microbatch interval ``t_d = t_mb / load``), device counts D = 1, 2, 4, 8
+and seeds 0, 1, 2 (weights and a disjoint MNIST slice each; :func:`sizes` sets the images per
+seed, 1024 quick and 1536 full, to fit about 15 and 60 minutes on a shared 2-core box), run every
+row of paper/strategies.py on the virtual clock (FLOP cost model, lanes sharing the D devices),
+each family at its own learning rate tuned on a separate slice with the same grid (paper/tuning.py).
 One rule for every strategy: a step or accumulation window of k microbatches sums their
 gradients. The OCL methods Vanilla, ER, MIR, LwF, MAS run on the Ferret (unconstrained) plan on
 the class-incremental stream (quick: at D = 4 and load 2x only).
