@@ -277,7 +277,8 @@ class Daemon:
                 self.config.training.microbatch, timeout=TICK_S, max_in_flight=self.trainer.in_flight_cap()
             )
             self._process(batch)
-            self.score.score_dropped(self.queue.take_dropped)
+            if not batch or self.score.batch_due(self.queue.awaiting_score, self.queue.capacity):
+                self.score.score_dropped(self.queue.take_dropped)
             if not batch:
                 self.trainer.flush_when_idle(self.queue)
         self.snapshots.maybe()

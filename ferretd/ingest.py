@@ -161,6 +161,12 @@ class SampleQueue:
             return [self._dropped_items.popleft() for _ in range(n)]
 
     @property
+    def awaiting_score(self) -> int:
+        """Dropped samples set aside and not yet scored."""
+        with self._lock:
+            return len(self._dropped_items)
+
+    @property
     def unscored(self) -> int:
         with self._lock:
             return self._unscored

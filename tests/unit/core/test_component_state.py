@@ -14,6 +14,7 @@ from ferretd.components.score import ScoreComponent
 from ferretd.components.snapshots import SnapshotComponent
 from ferretd.components.trainer import Trainer
 from ferretd.config.live import COMPONENTS
+from ferretd.ingest import SampleQueue
 from ferretd.learners import make_learner, plan_from_config
 from ferretd.messages import RejectReason, Sample
 from ferretd.replan import Replanner
@@ -176,3 +177,22 @@ def test_dropped_arrivals_are_scored_in_batches_of_one_forward_each(config):
     score.score_dropped(lambda n: [dropped.pop(0) for _ in range(min(n, len(dropped)))])
     assert calls == [256, 44] and score.seen == 300
     learner.close()
+
+
+def test_under_overload_drops_wait_for_a_large_batch_and_never_overflow_the_side_list(config):
+    """The loop scores dropped arrivals only once half the side list is full (or when idle): large
+    batches, and room left for the drops of the next turn, so none goes unscored."""
+    queue = SampleQueue(capacity=64)
+    score = ScoreComponent(config, lambda: make_learner(config))
+    for sample in samples(64):
+        queue.offer(sample)
+    batches: list[int] = []
+    for sample in samples(400):  # each turn: one arrival dropped, then the loop's check
+        queue.offer(sample)
+        if score.batch_due(queue.awaiting_score, queue.capacity):
+            batches.append(queue.awaiting_score)
+            queue.take_dropped()
+    assert batches and all(size == 32 for size in batches)
+    assert queue.unscored == 0
+    assert score.batch_due(256, 10_000) and not score.batch_due(255, 10_000)  # capped at one forward's batch
+    assert score.batch_due(1, 1)
