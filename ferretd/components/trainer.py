@@ -32,8 +32,6 @@ from ferretd.messages import DropReason, Sample
 
 log = structlog.get_logger("ferretd.trainer")
 
-IDLE_FLUSH_S = 1.0  # a stream quiet this long gets the learner's partial microbatch trained
-
 Settle = Callable[[bool, str], None]
 
 
@@ -87,13 +85,13 @@ class Trainer:
         return self.learner.flush(timeout=timeout)
 
     def flush_when_idle(self, queue: SampleQueue) -> None:
-        """Train what the learner still holds once the stream has been quiet for IDLE_FLUSH_S.
+        """Train what the learner still holds once the stream has been quiet ``[training] idle_flush_s``.
 
         A learner keeps a partial microbatch (or accumulation window) until it fills; without
         this, the last samples before a pause in the stream would wait, untrained, for the next
         ones. Called by the loop when it took nothing; once per quiet spell."""
-        last_arrival = queue.last_received_at
-        if last_arrival == self._flushed_after or time.monotonic() - last_arrival < IDLE_FLUSH_S:
+        quiet_s, last_arrival = self._config.training.idle_flush_s, queue.last_received_at
+        if not quiet_s or last_arrival == self._flushed_after or time.monotonic() - last_arrival < quiet_s:
             return
         if len(queue) or not queue.snapshot().in_flight:
             return

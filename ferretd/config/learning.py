@@ -65,6 +65,7 @@ class TrainingConfig:
     eps: float = 1e-8
     guard_loss_factor: float = 100.0
     guard_step_ratio: float = 1.0
+    idle_flush_s: float = 1.0
 
     def check(self) -> None:
         positive("training", "lr", self.lr)
@@ -73,7 +74,7 @@ class TrainingConfig:
             if not 0.0 <= getattr(self, key) < 1.0:
                 raise ConfigError(f"[training] {key}: must be in [0, 1), got {getattr(self, key)}")
         positive("training", "eps", self.eps)
-        for key in ("guard_loss_factor", "guard_step_ratio"):
+        for key in ("guard_loss_factor", "guard_step_ratio", "idle_flush_s"):
             if getattr(self, key) < 0:
                 raise ConfigError(f"[training] {key}: must be >= 0 (0 = off), got {getattr(self, key)}")
         if not 0.0 <= self.momentum < 1.0:

@@ -5,6 +5,8 @@ came, so ``trained`` would stop short of ``received`` for as long as the devices
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.integration.harness import ThreadedDaemon, config_from, digits, wait_for, write_config
@@ -26,3 +28,19 @@ def test_the_remainder_of_a_microbatch_is_trained_once_the_stream_is_quiet(ipc_d
         ledger = daemon.queue.snapshot()
         assert ledger.balanced and ledger.in_flight == 0 and ledger.waiting == 0
         assert daemon.score.seen == 21
+
+
+def test_idle_flush_off_keeps_the_remainder_for_the_next_samples(ipc_dir):
+    """``[training] idle_flush_s = 0``: the learner waits for a full microbatch, as before the flush existed."""
+    training = {"microbatch": 8, "idle_flush_s": 0.0}
+    config = config_from(write_config(ipc_dir, training=training, pipeline={"plan": "manual"}))
+    x, y = digits(21)
+    with ThreadedDaemon(config) as td:
+        daemon = td.daemon
+        with SamplePublisher(config.ingest.endpoint, "dev") as pub:
+            for features, label in zip(x, y, strict=True):
+                assert pub.publish(features, int(label))
+        wait_for(lambda: daemon.queue.snapshot().trained == 16, what="two full microbatches trained")
+        time.sleep(2.0)  # twice the default quiet time
+        ledger = daemon.queue.snapshot()
+        assert ledger.trained == 16 and ledger.in_flight == 5 and ledger.balanced
