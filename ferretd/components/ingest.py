@@ -23,7 +23,8 @@ from ferretd.health import DropWindow
 from ferretd.ingest import SampleQueue
 from ferretd.logs import RateLimitedLog
 from ferretd.messages import DropReason, RejectReason
-from transports.codec import Rejected, SampleDecoder
+from transports.arrays import SampleDecoder
+from transports.wire import Rejected
 from transports.zmq_ingest import IngestServer
 
 log = structlog.get_logger("ferretd")
