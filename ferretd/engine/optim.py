@@ -75,8 +75,20 @@ class OptimStates:
             )
         return cls(params)
 
+    def count_step(self) -> None:
+        """Commit a plain SGD update in place, as ``optimizer_step``'s default branch would return it:
+        every step count + 1 and no moments (stale ones from another optimiser are dropped)."""
+        for st in self.params:
+            st.first = st.second = None
+            st.steps += 1
+
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for p in self.params for t in (p.first, p.second) if t is not None)
+
+
+def is_plain_sgd(training: TrainingConfig) -> bool:
+    """SGD without weight decay or momentum (the default): new weights ``p - lr * g``, no state."""
+    return training.optimizer == "sgd" and training.weight_decay == 0 and training.momentum == 0
 
 
 def optimizer_step(
@@ -85,7 +97,7 @@ def optimizer_step(
     """New weights and new state for one update; ``params`` and ``state`` are left untouched."""
     kind = training.optimizer
     lr, wd = training.lr, training.weight_decay
-    if kind == "sgd" and wd == 0 and training.momentum == 0:  # the default: one fused call, same kernel
+    if is_plain_sgd(training):  # the default: one fused call, same kernel
         with torch.no_grad():
             stepped = torch._foreach_add(list(params), list(grads), alpha=-lr)
         return tuple(stepped), OptimStates([ParamState(None, None, st.steps + 1) for st in state.params])
@@ -126,13 +138,18 @@ DIVERGED_EXPLODING = "diverged_exploding"
 
 
 def _squared_norms(tensors: list[Tensor]) -> list[float]:
-    """Squared 2-norms of ``tensors`` (float64) from one fused norm call and one device sync."""
-    norms = list(torch._foreach_norm(tensors))
-    device = norms[0].device
-    if any(n.device != device for n in norms):  # stages on several devices: gather first
-        norms = [n.to(device) for n in norms]
-    squares: list[float] = torch.stack(norms).double().pow(2).tolist()
-    return squares
+    """Squared 2-norms of ``tensors`` (float64) from one fused norm call and one device sync.
+
+    Each float32 norm is widened to a Python float (exact) and squared there: the same double
+    product as ``double().pow(2)`` on the device, two dispatches fewer.
+    """
+    norms = torch._foreach_norm(tensors)
+    try:
+        values: list[float] = torch.stack(norms).tolist()
+    except RuntimeError:  # stages on several devices: gather first
+        device = norms[0].device
+        values = torch.stack([n.to(device) for n in norms]).tolist()
+    return [v * v for v in values]
 
 
 class DivergenceGuard:
@@ -175,20 +192,28 @@ class DivergenceGuard:
     def check_update(self, old: Sequence[Tensor], new: Sequence[Tensor]) -> str | None:
         """New weights of one update: None if they may be published, else the reason.
 
-        One fused norm call and one device sync. With the step check on, the norms are those of
-        ``new - old`` and of ``old``: the old weights were accepted (finite), so a NaN or an
-        infinity in the new weights shows in the step's norm, and only then are the new weights'
-        own norms taken, to tell a non-finite weight from a finite step too large to measure.
+        With the step check on, the norms are those of ``new - old`` first (one fused norm call,
+        one device sync). A finite step no longer than ``guard_step_ratio`` is accepted at once:
+        ``max(||old||, 1) >= 1``, so it cannot exceed the limit whatever the weights' norm (the
+        same decision as comparing, without the second norm call; the default step of a healthy
+        model is far below 1). Only a longer step takes the old weights' norms. The old weights
+        were accepted (finite), so a NaN or an infinity in the new weights shows in the step's
+        norm, and only then are the new weights' own norms taken, to tell a non-finite weight
+        from a finite step too large to measure.
         """
         if not new:
             return None
-        k = len(new)
+        norm_sq = math.inf
         with torch.no_grad():
             if self.step_ratio > 0:
-                squares = _squared_norms([*torch._foreach_sub(list(new), list(old)), *old])
-                step_sq, norm_sq = sum(squares[:k]), sum(squares[k:])
+                step_sq = sum(_squared_norms(list(torch._foreach_sub(list(new), list(old)))))
                 if math.isfinite(step_sq):
-                    return DIVERGED_EXPLODING if step_sq > self.step_ratio**2 * max(norm_sq, 1.0) else None
+                    limit = self.step_ratio**2
+                    if step_sq <= limit:
+                        return None
+                    norm_sq = sum(_squared_norms(list(old)))
+                    return DIVERGED_EXPLODING if step_sq > limit * max(norm_sq, 1.0) else None
+                norm_sq = sum(_squared_norms(list(old)))
             if not math.isfinite(sum(_squared_norms(list(new)))):  # a NaN or infinity in the new weights
                 return DIVERGED_NONFINITE
         if self.step_ratio > 0 and math.isfinite(norm_sq):  # finite weights, a step beyond float range

@@ -9,6 +9,12 @@ dropped with the guard's reason), and optional weight averaging for export. The 
 its constructed mode (no per-step ``train()``/``eval()`` switch; the built-in models have no
 mode-dependent layers, and the pipeline engine does the same); ``export_module`` returns an
 eval-mode copy.
+
+Lean step (issue 12): the model's forward is pre-bound to ``torch.nn.functional`` calls when
+every layer is a plain one (:func:`ferretd.engine.stage.prebind`; bitwise the module's result,
+else the module is called), the loss is ``F.cross_entropy`` directly, a single-sample microbatch
+becomes a tensor without ``np.stack``, and plain SGD (the default) is one fused add whose state
+change (the step count) is committed in place; the weights are bitwise those of before.
 """
 
 from __future__ import annotations
@@ -19,13 +25,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ferretd.config import TrainingConfig
 from ferretd.engine.learner import DoneCallback, LearnOutcome, OnlineLearner, load_extras
-from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, optimizer_step
+from ferretd.engine.optim import DivergenceGuard, OptimStates, WeightAverage, is_plain_sgd, optimizer_step
 from ferretd.engine.plan import Plan
+from ferretd.engine.stage import prebind
 from ferretd.models.normalize import RunningNorm, wrap_export
+
+_TRAINED = LearnOutcome(True, "")  # immutable: one instance serves every accepted sample
 
 
 class SequentialLearner(OnlineLearner):
@@ -49,7 +58,8 @@ class SequentialLearner(OnlineLearner):
         self.optim = OptimStates.empty(len(self.params))
         self.guard = DivergenceGuard.from_config(training)
         self.average = WeightAverage(ema_decay, self.params) if ema_decay else None
-        self.loss_fn = nn.CrossEntropyLoss()
+        self._tensors = tuple(self.params)
+        self._forward = prebind(model, self.names)  # None: call the module
         self._pending_x: list[np.ndarray] = []
         self._pending_y: list[int] = []
         self._pending_done: list[DoneCallback | None] = []
@@ -98,32 +108,48 @@ class SequentialLearner(OnlineLearner):
         """Every sequential plan runs the same way here: apply the pending microbatch, carry on."""
         return self.flush(timeout)
 
+    def _batch(self, xs: list[np.ndarray], ys: list[int]) -> tuple[Tensor, Tensor]:
+        """The pending samples as tensors (a lone float32 sample: a view of its array, no copy)."""
+        if len(xs) == 1:
+            x = xs[0]
+            if type(x) is np.ndarray and x.dtype == np.float32 and x.flags.writeable and x.flags.c_contiguous:
+                return torch.from_numpy(x[None]), torch.full((1,), ys[0], dtype=torch.long)
+        return torch.as_tensor(np.stack(xs), dtype=torch.float32), torch.as_tensor(ys, dtype=torch.long)
+
     def _step(self) -> None:
-        xb = torch.as_tensor(np.stack(self._pending_x), dtype=torch.float32)
-        yb = torch.as_tensor(self._pending_y, dtype=torch.long)
+        xb, yb = self._batch(self._pending_x, self._pending_y)
         done = self._pending_done
         self._pending_x, self._pending_y, self._pending_done = [], [], []
+        params, training, guard = self._tensors, self.training, self.guard
         with self._lock:
-            loss = self.loss_fn(self.model(xb), yb)
-            refused = self.guard.check_loss(float(loss.detach()))
+            logits = self.model(xb) if self._forward is None else self._forward(params, xb)
+            loss = nn.functional.cross_entropy(logits, yb)
+            refused = guard.check_loss(float(loss.detach()))
             if refused is None:
-                grads = torch.autograd.grad(loss, self.params, allow_unused=True)
-                grads = tuple(
-                    g if g is not None else torch.zeros_like(p) for g, p in zip(grads, self.params, strict=True)
-                )
-                current = tuple(p.detach() for p in self.params)
-                new, optim = optimizer_step(current, list(grads), self.optim, self.training)
-                refused = self.guard.check_update(current, new)
-                if refused is None:
-                    with torch.no_grad():
-                        torch._foreach_copy_(tuple(self.params), list(new))
-                    self.optim = optim
-                    if self.average is not None:
-                        self.average.update(new)
-                    self._updates += 1
+                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                if any(g is None for g in grads):
+                    grads = tuple(
+                        g if g is not None else torch.zeros_like(p) for g, p in zip(grads, params, strict=True)
+                    )
+                with torch.no_grad():
+                    plain = is_plain_sgd(training)
+                    if plain:  # optimizer_step's default branch, its state change committed below
+                        new: tuple[Tensor, ...] | list[Tensor] = torch._foreach_add(params, grads, alpha=-training.lr)
+                        optim = self.optim
+                    else:
+                        new, optim = optimizer_step(params, grads, self.optim, training)
+                    refused = guard.check_update(params, new)
+                    if refused is None:
+                        torch._foreach_copy_(params, new)
+                        if plain:
+                            optim.count_step()
+                        self.optim = optim
+                        if self.average is not None:
+                            self.average.update(new)
+                        self._updates += 1
             if refused is not None:
-                self.guard.refused(refused)
-        outcome = LearnOutcome(refused is None, refused or "")
+                guard.refused(refused)
+        outcome = _TRAINED if refused is None else LearnOutcome(False, refused)
         for callback in done:
             if callback is not None:
                 callback(outcome)
