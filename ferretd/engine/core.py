@@ -122,7 +122,6 @@ class PipelineCore(StageViews):
             self.param_names.append([f"{a + int(n.split('.', 1)[0])}.{n.split('.', 1)[1]}" for n in runner.names])
         omitted = {(w, s) for w, wk in enumerate(plan.workers) for s in range(self.num_stages) if wk.omit[s]}
         self.book = Bookkeeping(self.num_stages, omitted)
-        self.loss = nn.CrossEntropyLoss()
         self.lock = threading.Lock()
         self.micro: dict[int, _Micro] = {}
         self.callbacks: dict[int, list[DoneCallback | None]] = {}  # until the microbatch is reported
@@ -197,7 +196,7 @@ class PipelineCore(StageViews):
     def _loss_fn(self, y: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         def loss_fn(logits: Tensor) -> Tensor:
             target = y.to(logits.device)
-            loss: Tensor = self.loss(logits, target)
+            loss = nn.functional.cross_entropy(logits, target)  # nn.CrossEntropyLoss() without the module call
             if self.extra_loss is not None:
                 extra = self.extra_loss(logits, target, x)
                 if extra is not None:

@@ -198,8 +198,13 @@ class PipelineLearner(OnlineLearner):
         buf = self._buffers.pop(worker, [])
         if not buf:
             return
-        x = torch.as_tensor(np.stack([b[0] for b in buf]), dtype=torch.float32)
-        y = torch.as_tensor([b[1] for b in buf], dtype=torch.long)
+        first = buf[0][0]
+        if len(buf) == 1 and type(first) is np.ndarray and first.dtype == np.float32:  # a copy, as np.stack's
+            x = torch.from_numpy(first[None].copy())
+            y = torch.full((1,), buf[0][1], dtype=torch.long)
+        else:
+            x = torch.as_tensor(np.stack([b[0] for b in buf]), dtype=torch.float32)
+            y = torch.as_tensor([b[1] for b in buf], dtype=torch.long)
         if self.ocl is not None:
             xt, yt = self.ocl.augment(x, y)
             self.ocl.observe(x, y)
