@@ -278,7 +278,7 @@ class Daemon:
             )
             self._process(batch)
             if not batch or self.score.batch_due(self.queue.awaiting_score, self.queue.capacity):
-                self.score.score_dropped(self.queue.take_dropped)
+                self.score.score_dropped(self.queue.take_dropped, exact=not len(self.queue))
             if not batch:
                 self.trainer.flush_when_idle(self.queue)
         self.snapshots.maybe()

@@ -64,7 +64,9 @@ def accuracy_report(score: ScoreComponent, ingest: IngestComponent, ledger: Ledg
     """Online accuracy over every valid arrival (trained, dropped or queued), and how many were trained.
 
     ``samples`` counts the arrivals scored so far (a dropped sample is scored when the loop gets to
-    it); ``unscored`` those dropped beyond what the queue could keep aside for scoring;
+    it); ``scored`` those predicted, ``estimated`` dropped ones left out of the random sample scored
+    under overload (``[metrics] drop_scoring_share``; their hits are estimated by the sampled ones');
+    ``unscored`` those dropped beyond what the queue could keep aside for scoring;
     ``trained_share`` is trained / valid arrivals.
     """
     report = score.summary()

@@ -15,6 +15,7 @@ Live keys and their components:
   keys need a restart)
 * ``[checkpoint]`` (cadence and ``keep``) -> ``checkpoints``
 * ``[planner]`` (budget, safety, hysteresis, search limits) -> ``replanner``, which re-plans
+* ``[metrics] drop_scoring_share`` -> ``score`` (how much of the loop's time scoring drops may take)
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ LIVE_KEYS: Mapping[str, Mapping[str, str]] = {
     "snapshot": dict.fromkeys(SNAPSHOT_LIVE, "snapshots"),
     "checkpoint": {f.name: "checkpoints" for f in dataclasses.fields(CheckpointConfig)},
     "planner": {f.name: "replanner" for f in dataclasses.fields(PlannerConfig)},
+    "metrics": {"drop_scoring_share": "score"},
 }
 """Section -> key -> the component that applies it; a key not listed needs a restart."""
 
-COMPONENTS = ("logging", "ingest", "snapshots", "checkpoints", "replanner")
+COMPONENTS = ("logging", "ingest", "snapshots", "checkpoints", "replanner", "score")
 """Every component a reload can reconfigure."""
 
 WHOLE_SECTIONS = ("snapshot", "checkpoint", "planner")

@@ -72,10 +72,14 @@ class IngestConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     """``max_drop_share``: health is degraded when more than this share of the valid samples of the
-    last ``drop_window_s`` seconds were dropped (1.0 turns the check off)."""
+    last ``drop_window_s`` seconds were dropped (1.0 turns the check off). ``drop_scoring_share``:
+    the most of the loop's time that scoring dropped arrivals may take while there are samples to
+    train; beyond it a uniform random sample of them is scored and stands for the rest (1.0 scores
+    every one exactly)."""
 
     window: int = 500
     max_drop_share: float = 0.5
+    drop_scoring_share: float = 0.2
     drop_window_s: float = 60.0
     listen: str = ""  # OpenMetrics endpoint, e.g. "127.0.0.1:9108"; empty = off
     history_every_s: float = 10.0  # one point of `ferretctl history` every this many seconds
@@ -90,6 +94,8 @@ class MetricsConfig:
             raise ConfigError(f"[metrics] listen: expected HOST:PORT like 127.0.0.1:9108, got {self.listen!r}")
         if not 0.0 < self.max_drop_share <= 1.0:
             raise ConfigError(f"[metrics] max_drop_share: must be in (0, 1], got {self.max_drop_share}")
+        if not 0.0 < self.drop_scoring_share <= 1.0:
+            raise ConfigError(f"[metrics] drop_scoring_share: must be in (0, 1], got {self.drop_scoring_share}")
         positive("metrics", "drop_window_s", self.drop_window_s)
 
 

@@ -12,9 +12,14 @@ from typing import Any
 
 
 def scored_note(accuracy: dict[str, Any]) -> str:
-    """``(N dropped unscored)`` when the queue dropped more than it could keep aside for scoring."""
-    unscored = accuracy.get("unscored") or 0
-    return f" ({fmt(unscored)} dropped unscored)" if unscored else ""
+    """``(N estimated from a sample)`` when dropped arrivals were scored by sample under overload, and
+    ``(N dropped unscored)`` when the queue dropped more than it could keep aside for scoring."""
+    notes = []
+    if estimated := accuracy.get("estimated") or 0:
+        notes.append(f"{fmt(estimated)} estimated from a sample")
+    if unscored := accuracy.get("unscored") or 0:
+        notes.append(f"{fmt(unscored)} dropped unscored")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def fmt(value: Any, unit: str = "") -> str:

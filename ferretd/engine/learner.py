@@ -115,34 +115,47 @@ class PrequentialScore:
     NoChange predicts the previous label; majority predicts the most frequent label so far. On
     class-sorted streams NoChange alone scores near 100%, so online accuracy is only meaningful
     next to them.
+
+    Every arrival counts once (``seen``) and feeds the baselines. Its model prediction is either
+    scored (:meth:`record`) or, for a dropped arrival left out of a scored random sample, only
+    counted (:meth:`count`): the sampled ones then carry a ``weight`` (the inverse of their
+    sampling probability), so ``hits`` is an unbiased (Horvitz-Thompson) estimate of the hits
+    over all arrivals. With every arrival scored, every weight is 1 and the accuracy is exact.
     """
 
     def __init__(self, window: int = 500) -> None:
         self.window = window
         self.seen = 0
-        self.hits = 0
+        self.scored = 0
+        self.hits = 0.0
         self.nochange_hits = 0
         self.majority_hits = 0
-        self._recent: deque[int] = deque(maxlen=window)
+        self._recent: deque[tuple[int, float]] = deque(maxlen=window)
         self._last_label: int | None = None
         self._label_counts: Counter[int] = Counter()
         self._majority: int | None = None
 
-    def record(self, predicted: int, label: int) -> bool:
+    def record(self, predicted: int, label: int, weight: float = 1.0) -> bool:
+        """One arrival predicted and scored; ``weight`` > 1 when it stands for unscored ones too."""
         hit = int(predicted == label)
+        self.scored += 1
+        self.hits += hit * weight
+        self._recent.append((hit, weight))
+        self.count(label)
+        return bool(hit)
+
+    def count(self, label: int) -> None:
+        """One arrival seen (baselines updated); its model hit is estimated by a scored one's weight."""
         self.seen += 1
-        self.hits += hit
-        self._recent.append(hit)
         self.nochange_hits += int(self._last_label == label)
         self.majority_hits += int(self._majority == label)
         self._last_label = label
         self._label_counts[label] += 1
         if self._majority is None or self._label_counts[label] > self._label_counts[self._majority]:
             self._majority = label
-        return bool(hit)
 
     @staticmethod
-    def _ratio(hits: int, seen: int) -> float | None:
+    def _ratio(hits: float, seen: float) -> float | None:
         return hits / seen if seen else None
 
     @property
@@ -153,8 +166,10 @@ class PrequentialScore:
         return {
             "samples": self.seen,
             "online_accuracy": self.accuracy,
-            "window_accuracy": self._ratio(sum(self._recent), len(self._recent)),
+            "window_accuracy": self._ratio(sum(h * w for h, w in self._recent), sum(w for _, w in self._recent)),
             "window": self.window,
+            "scored": self.scored,
+            "estimated": self.seen - self.scored,
             "nochange_accuracy": self._ratio(self.nochange_hits, self.seen),
             "majority_accuracy": self._ratio(self.majority_hits, self.seen),
         }
@@ -162,21 +177,25 @@ class PrequentialScore:
     def state_dict(self) -> dict[str, Any]:
         return {
             "seen": self.seen,
+            "scored": self.scored,
             "hits": self.hits,
             "nochange_hits": self.nochange_hits,
             "majority_hits": self.majority_hits,
-            "recent": list(self._recent),
+            "recent": [[h, w] for h, w in self._recent],
             "last_label": self._last_label,
             "label_counts": dict(self._label_counts),
             "majority": self._majority,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Also reads checkpoints from before sampled scoring (integer hits, recent as plain 0/1)."""
         self.seen = int(state["seen"])
-        self.hits = int(state["hits"])
+        self.scored = int(state.get("scored", self.seen))
+        self.hits = float(state["hits"])
         self.nochange_hits = int(state["nochange_hits"])
         self.majority_hits = int(state["majority_hits"])
-        self._recent = deque(state["recent"], maxlen=self.window)
+        recent = [(int(r[0]), float(r[1])) if isinstance(r, list | tuple) else (int(r), 1.0) for r in state["recent"]]
+        self._recent = deque(recent, maxlen=self.window)
         self._last_label = state["last_label"]
         self._label_counts = Counter({int(k): int(v) for k, v in state["label_counts"].items()})
         self._majority = state["majority"]

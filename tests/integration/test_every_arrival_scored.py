@@ -54,3 +54,26 @@ def test_dropped_arrivals_are_scored_and_the_ledger_adds_up(ipc_dir):
         assert acc["trained_share"] == 0.16
         shown = render_status(daemon.status())  # what ferretctl status prints
         assert "over 100 arrivals" in shown and "trained share" in shown and "0.1600" in shown
+
+
+def test_under_overload_a_sample_of_the_dropped_arrivals_stands_for_the_rest(ipc_dir):
+    """Bursts into a 64-sample queue while the daemon trains: with a tiny scoring share most dropped
+    arrivals are only counted, every arrival still counts once, and status says how many were estimated."""
+    config = config_from(write_config(ipc_dir, ingest={"queue_capacity": 64}, metrics={"drop_scoring_share": 0.001}))
+    x, y = digits(1500)
+    with ThreadedDaemon(config) as td:
+        daemon = td.daemon
+        with SamplePublisher(config.ingest.endpoint, "flood") as pub:
+            for i in range(0, 1500, 300):
+                for features, label in zip(x[i : i + 300], y[i : i + 300], strict=True):
+                    assert pub.publish(features, int(label))
+                wait_for(lambda n=i + 300: daemon.queue.snapshot().received == n, what="burst received")
+        wait_for(lambda: td.settled(1500), what="bursts settled")
+        acc = daemon.status()["accuracy"]
+        wait_for(lambda: daemon.score.seen + acc["unscored"] == 1500, what="every kept arrival counted")
+        acc = daemon.status()["accuracy"]
+        ledger = daemon.queue.snapshot()
+        assert ledger.balanced and ledger.dropped.get("queue_full", 0) > 500
+        assert acc["estimated"] > 200 and acc["scored"] + acc["estimated"] + acc["unscored"] == 1500
+        assert 0.0 <= acc["online_accuracy"] <= 1.0
+        assert "estimated from a sample" in render_status(daemon.status())
