@@ -17,6 +17,7 @@ when ``fit = "closed_form"`` or ``eta_lambda > 0``).
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -99,7 +100,7 @@ def rate_params_for_config(
         if not profile.device.startswith("cuda"):
             realtime["cpu_cores"] = float(len(os.sched_getaffinity(0)))
             if overhead > 0:  # an overhead set to 0 plans as if engine and daemon cost no CPU beyond compute
-                realtime["arrival_cpu_s"] = arrival_cpu_estimate(profile)
+                realtime["arrival_cpu_s"] = arrival_cpu_estimate(profile, config.metrics.drop_scoring_share, t_d)
     return RateParams(arrival_interval_s=t_d, decay_per_arrival=config.planner.rate_decay, **realtime)
 
 
@@ -113,11 +114,12 @@ profiled microbatch counts as if it held at least this many samples (commit f78f
 batched scoring at 2 us/sample on the MLP and 111 us/sample on the conv net)."""
 
 
-def arrival_cpu_estimate(profile: Profile) -> float:
+def arrival_cpu_estimate(profile: Profile, scoring_share: float = 1.0, arrival_interval_s: float = math.inf) -> float:
     """CPU seconds the daemon spends on each arrival whatever the plan: ingest, then the prediction
-    that scores it (rate model item 7)."""
+    that scores it (rate model item 7), at most ``[metrics] drop_scoring_share`` of an arrival
+    interval (under overload the loop scores a sample of the dropped arrivals within that share)."""
     forward = profile.stage_forward_s(0, profile.num_blocks)
-    return INGEST_CPU_S + forward / max(profile.microbatch, SCORE_BATCH)
+    return INGEST_CPU_S + min(forward / max(profile.microbatch, SCORE_BATCH), scoring_share * arrival_interval_s)
 
 
 def executors_for_config(config: Config, profile: Profile) -> list[str]:

@@ -83,6 +83,9 @@ def test_planner_passes_the_measured_parent_cpu_and_the_arrival_work(tmp_path) -
     threads = rate_params_for_config(config, profile, 1e-3, "realtime")
     assert threads.parent_cpu_s is None and threads.overhead_holds_gil  # thread lanes: all of it, as before
     assert procs.arrival_cpu_s == threads.arrival_cpu_s == arrival_cpu_estimate(profile) > INGEST_CPU_S
+    scoring = arrival_cpu_estimate(profile) - INGEST_CPU_S  # under overload, scoring takes at most its share
+    assert arrival_cpu_estimate(profile, 0.2, scoring) == pytest.approx(INGEST_CPU_S + 0.2 * scoring)
+    assert arrival_cpu_estimate(profile, 1.0, scoring) == pytest.approx(INGEST_CPU_S + scoring)
     _seed_overheads(tmp_path, realtime=2e-4, process=5e-4)  # a cache from before parent_cpu_s: all of it
     assert rate_params_for_config(config, profile, 1e-3, "process").parent_cpu_s == 5e-4
 
