@@ -101,7 +101,12 @@ class Daemon:
         self.ingest = IngestComponent(config)
         self.replanner = Replanner(config, arrival_fn=lambda: self.queue.arrival_interval_s())
         plan = self.replanner.initial_plan() if self.replanner.auto else plan_from_config(config)
-        self.trainer = Trainer(config, plan, settle=lambda trained, reason: self.queue.settle(trained, reason))
+        self.trainer = Trainer(
+            config,
+            plan,
+            settle=lambda trained, reason: self.queue.settle(trained, reason),
+            predicted=lambda sample, guess: self.score.on_predicted(sample, guess),
+        )
         self.score = ScoreComponent(config, learner=lambda: self.learner)
         self.snapshots = SnapshotComponent(config, lambda: self.learner, meta=lambda: snapshot_meta(self.sources))
         self.checkpoints = CheckpointComponent(config)
@@ -281,6 +286,7 @@ class Daemon:
                 self.score.score_dropped(self.queue.take_dropped, exact=not len(self.queue))
             if not batch:
                 self.trainer.flush_when_idle(self.queue)
+        self.score.record_predicted()  # test-then-train predictions of the samples trained so far
         self.snapshots.maybe()
         self._maybe_checkpoint()
         self.history.maybe_record(self.sources)
@@ -290,7 +296,8 @@ class Daemon:
             self.notifier.status(self.status_line())
 
     def _process(self, batch: list[Sample]) -> None:
-        self.score.score_many(batch)  # test, then train: one forward predicts the whole batch
+        if not self.trainer.scores_while_training:
+            self.score.score_many(batch)  # test, then train: one forward predicts the whole batch
         for sample in batch:
             self.snapshots.observe(sample.features, sample.label)
             self.trainer.learn(sample)
@@ -375,6 +382,7 @@ class Daemon:
             until=budget.drain_until,
         )
         self.trainer.flush(budget.left(budget.flush_until))
+        self.score.record_predicted()
         code = EXIT_OK
         if final_snapshot:
             try:

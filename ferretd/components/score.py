@@ -25,6 +25,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -81,6 +82,22 @@ class ScoreComponent:
         self.drift = DriftMonitor.from_config(config, learner=learner)
         self.budget = ScoringBudget(config.metrics.drop_scoring_share)
         self._sampler = random.Random(seed)
+        self._predicted: deque[tuple[Sample, int | None]] = deque()  # appended by engine threads
+
+    def on_predicted(self, sample: Sample, predicted: int | None) -> None:
+        """From any thread: the learner predicted ``sample`` in its training forward (None: no forward
+        ran for it). Recorded by the loop thread in :meth:`record_predicted`."""
+        self._predicted.append((sample, predicted))
+
+    def record_predicted(self) -> None:
+        """Loop thread: score what the learner predicted while training; predict those it could not."""
+        pending: list[tuple[Sample, int | None]] = []
+        while self._predicted:
+            pending.append(self._predicted.popleft())
+        for sample, guess in pending:
+            if guess is not None:
+                self._record_one(sample, guess, 1.0)
+        self.score_many([sample for sample, guess in pending if guess is None])
 
     @property
     def seen(self) -> int:
@@ -180,6 +197,8 @@ class ScoreComponent:
     # ------------------------------------------------------------------ component
 
     def capture(self) -> dict[str, Any]:
+        """Loop thread, learner flushed: every prediction the learner reported is recorded first."""
+        self.record_predicted()
         with self._lock:
             return {"score": self._score.state_dict()}
 
@@ -196,4 +215,5 @@ class ScoreComponent:
         """A fresh score and drift monitor (after a resume that failed half-way)."""
         with self._lock:
             self._score = PrequentialScore(self._config.metrics.window)
+        self._predicted.clear()
         self.drift = DriftMonitor.from_config(self._config, learner=self._learner)

@@ -33,14 +33,16 @@ from ferretd.messages import DropReason, Sample
 log = structlog.get_logger("ferretd.trainer")
 
 Settle = Callable[[bool, str], None]
+Predicted = Callable[[Sample, int | None], None]
 
 
 class Trainer:
-    def __init__(self, config: Config, plan: Plan, settle: Settle) -> None:
+    def __init__(self, config: Config, plan: Plan, settle: Settle, predicted: Predicted | None = None) -> None:
         self._config = config
         self.plan = plan
         self.learner: OnlineLearner = make_learner(config, plan)
         self._settle_in_ledger = settle
+        self._predicted = predicted
         self._refusals = RateLimitedLog(log)
         self._delay_lock = threading.Lock()  # engines settle samples from their own threads
         self._delay_sum = 0.0
@@ -52,9 +54,26 @@ class Trainer:
     def updates(self) -> int:
         return self.learner.updates
 
+    @property
+    def scores_while_training(self) -> bool:
+        """Whether the learner's outcomes carry each sample's prediction (handed to ``predicted``)."""
+        return self._predicted is not None and self.learner.reports_predictions
+
     def learn(self, sample: Sample) -> None:
+        """Hand ``sample`` to the learner; its outcome settles it in the ledger and, when the learner
+        reports predictions, passes its prediction (or None: no forward ran) to ``predicted``."""
         received_at = sample.received_at
-        self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
+        if self.scores_while_training:
+            report = self._predicted
+            assert report is not None
+
+            def done(outcome: LearnOutcome) -> None:
+                report(sample, outcome.predicted)
+                self._settle(outcome, received_at)
+
+            self.learner.learn_one(sample.features, sample.label, done)
+        else:
+            self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
 
     def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
         if outcome.reason.startswith("diverged"):

@@ -125,6 +125,7 @@ class PipelineCore(StageViews):
         self.lock = threading.Lock()
         self.micro: dict[int, _Micro] = {}
         self.callbacks: dict[int, list[DoneCallback | None]] = {}  # until the microbatch is reported
+        self.predicted: dict[int, list[int]] = {}  # the last stage's class per row, until reported
         self.waiting: dict[tuple[int, int], list[Tensor]] = {}  # (stage, microbatch) -> gradients in a window
         self.log: deque[LogEntry] = deque(maxlen=log_limit)
         self.inputs: dict[int, tuple[int, Tensor, Tensor]] = {}
@@ -181,17 +182,22 @@ class PipelineCore(StageViews):
                         ctx.version = None
                     ctx.out = None
                     ctx.release()
-            fire = [(self.callbacks.pop(m, []), LearnOutcome(False, reason)) for m in ids if m in unreported]
+            fire = [
+                (self.callbacks.pop(m, []), LearnOutcome(False, reason), self.predicted.pop(m, None))
+                for m in ids
+                if m in unreported
+            ]
         _fire(fire)
 
     def abandon(self, reason: str) -> int:
         """Report every unfinished microbatch as dropped (shutdown without flush)."""
         with self.lock:
-            left = [self.callbacks.pop(m, []) for m in self.book.abandon()]
+            left = [(self.callbacks.pop(m, []), self.predicted.pop(m, None)) for m in self.book.abandon()]
             self.micro.clear()
             self.waiting.clear()
-        _fire([(callbacks, LearnOutcome(False, reason)) for callbacks in left])
-        return sum(len(callbacks) for callbacks in left)
+            self.predicted.clear()
+        _fire([(callbacks, LearnOutcome(False, reason), predicted) for callbacks, predicted in left])
+        return sum(len(callbacks) for callbacks, _ in left)
 
     def _loss_fn(self, y: Tensor, x: Tensor) -> Callable[[Tensor], Tensor]:
         def loss_fn(logits: Tensor) -> Tensor:
@@ -211,7 +217,14 @@ class PipelineCore(StageViews):
         A microbatch's callbacks leave with its one settlement, not with its tensors: another
         lane may finish the microbatch between the book settling it and this report."""
         with self.lock:
-            fire = [(self.callbacks.pop(s.microbatch, []), LearnOutcome(s.trained, s.reason)) for s in settled]
+            fire = [
+                (
+                    self.callbacks.pop(s.microbatch, []),
+                    LearnOutcome(s.trained, s.reason),
+                    self.predicted.pop(s.microbatch, None),
+                )
+                for s in settled
+            ]
             for m in finished:
                 self.micro.pop(m, None)
         _fire(fire)
@@ -242,6 +255,8 @@ class PipelineCore(StageViews):
         loss_fn = self._loss_fn(mb.y, mb.x) if st.runner.last else None
         out = st.runner.forward(ctx, version.tensors, x, loss_fn)
         if st.runner.last and loss_fn is not None:
+            if ctx.predicted is not None:
+                self.predicted[m] = ctx.predicted
             diverged = self.guard.check_loss(float(out))
             if diverged is not None:
                 self.book.mark_diverged(m, diverged)
@@ -358,8 +373,10 @@ class PipelineCore(StageViews):
         return optimizer_step(cur.tensors, total, st.optim, self.training)
 
 
-def _fire(items: list[tuple[list[DoneCallback | None], LearnOutcome]]) -> None:
-    for callbacks, outcome in items:
-        for cb in callbacks:
+def _fire(items: list[tuple[list[DoneCallback | None], LearnOutcome, list[int] | None]]) -> None:
+    """Call each sample's callback with its outcome and, when its forward ran, its predicted class
+    (an OCL method's replayed rows come after the stream's samples, so row ``i`` is sample ``i``)."""
+    for callbacks, outcome, predicted in items:
+        for i, cb in enumerate(callbacks):
             if cb is not None:
-                cb(outcome)
+                cb(outcome if predicted is None else LearnOutcome(outcome.trained, outcome.reason, predicted[i]))

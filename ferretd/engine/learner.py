@@ -23,10 +23,15 @@ from ferretd.engine.plan import Plan
 
 @dataclass(frozen=True, slots=True)
 class LearnOutcome:
-    """What became of one sample handed to ``learn_one``: trained, or dropped with a reason."""
+    """What became of one sample handed to ``learn_one``: trained, or dropped with a reason.
+
+    ``predicted``: the class the training forward gave the sample, before its own update (a
+    test-then-train prediction, see :attr:`OnlineLearner.reports_predictions`); ``None`` when
+    no forward ran for it (dropped before its forward) or the learner does not report one."""
 
     trained: bool
     reason: str = ""
+    predicted: int | None = None
 
 
 DoneCallback = Callable[[LearnOutcome], None]
@@ -42,6 +47,11 @@ class OnlineLearner(ABC):
 
     kind: str
     """``"sequential"`` or ``"pipeline"``: which plans this learner can run (see ``apply_plan``)."""
+
+    reports_predictions: bool = False
+    """True: each outcome carries the class its training forward predicted for the sample (with
+    the weights it trains from, before its own update), so the daemon needs no forward of its own
+    to score trained samples; a sample without one (``predicted`` None) it scores itself."""
 
     @abstractmethod
     def predict_one(self, x: np.ndarray) -> np.ndarray:

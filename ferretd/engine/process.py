@@ -103,7 +103,7 @@ def _worker_main(conn: Any, index: int, module_bytes: bytes, last: bool, threads
                 out = runner.forward(ctx, slots[slot], torch.from_numpy(x), loss_fn)
                 if last:  # eager backward: one round trip for F and B (module docstring)
                     grads, grad_in = runner.backward(ctx, slots[slot], None, loss_fn)
-                    conn.send(("ok", out.numpy(), [g.numpy() for g in grads], _arr(grad_in)))
+                    conn.send(("ok", out.numpy(), [g.numpy() for g in grads], _arr(grad_in), ctx.predicted))
                     continue
                 ctxs[m] = ctx
                 conn.send(("ok", out.numpy()))
@@ -188,6 +188,7 @@ class _RemoteRunner:
             raise
         if self._runner.last:
             ctx.out = _Eager(reply[2], reply[3])  # type: ignore[assignment]
+            ctx.predicted = reply[4]
         else:
             ctx.out = _Handle(self._owner, lane, action.microbatch)  # type: ignore[assignment]
         ctx.inp = None

@@ -34,13 +34,12 @@ from ferretd.engine.plan import Plan
 from ferretd.engine.stage import prebind
 from ferretd.models.normalize import RunningNorm, wrap_export
 
-_TRAINED = LearnOutcome(True, "")  # immutable: one instance serves every accepted sample
-
 
 class SequentialLearner(OnlineLearner):
     """One functional optimiser update per ``microbatch`` samples, synchronously."""
 
     kind = "sequential"
+    reports_predictions = True
 
     def __init__(
         self,
@@ -124,6 +123,7 @@ class SequentialLearner(OnlineLearner):
         with self._lock:
             logits = self.model(xb) if self._forward is None else self._forward(params, xb)
             loss = nn.functional.cross_entropy(logits, yb)
+            predicted = logits.detach().argmax(1).tolist()  # test, then train: before this update
             refused = guard.check_loss(float(loss.detach()))
             if refused is None:
                 grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -149,10 +149,10 @@ class SequentialLearner(OnlineLearner):
                         self._updates += 1
             if refused is not None:
                 guard.refused(refused)
-        outcome = _TRAINED if refused is None else LearnOutcome(False, refused)
-        for callback in done:
+        trained, reason = refused is None, refused or ""
+        for callback, guess in zip(done, predicted, strict=True):
             if callback is not None:
-                callback(outcome)
+                callback(LearnOutcome(trained, reason, guess))
 
     def export_module(self) -> nn.Module:
         with self._lock:

@@ -146,6 +146,7 @@ class StageContext:
     out: Tensor | None = None  # graph root: stage output, or the loss at the last stage
     leaves: tuple[Tensor, ...] = field(default_factory=tuple)
     stale: bool = False
+    predicted: list[int] | None = None  # last stage: the class its forward gave each row
 
     def release(self) -> None:
         self.inp = None
@@ -221,6 +222,7 @@ class StageRunner:
             with torch.no_grad():
                 out = self._call(tensors, x)
                 if self.last and loss_fn is not None:
+                    ctx.predicted = out.argmax(1).tolist()
                     out = loss_fn(out)
             ctx.inp = x
             return out
@@ -229,6 +231,7 @@ class StageRunner:
         with torch.enable_grad():
             out = self._call(leaves, x_leaf)
             if self.last and loss_fn is not None:
+                ctx.predicted = out.detach().argmax(1).tolist()
                 out = loss_fn(out)
         ctx.inp, ctx.out, ctx.leaves = x_leaf, out, leaves
         return out.detach()

@@ -128,3 +128,29 @@ def test_the_spec_string_form_names_the_same_executor(kind):
     spec = ExecutorSpec(kind, t_d=0.25, threads=2, record_inputs=True, log_limit=None)  # type: ignore[arg-type]
     assert ExecutorSpec.parse(str(spec)) == spec and str(spec).startswith(kind)
     assert ExecutorSpec.of(kind) == ExecutorSpec(kind)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_lane_reports_the_sequential_learners_test_then_train_predictions(kind):
+    """P1 N1 is plain SGD: on every executor each outcome carries the class the training forward
+    predicted, before the sample's own update, the same as the sequential learner's."""
+    from ferretd.engine.sequential import SequentialLearner
+
+    training = TrainingConfig(lr=0.5, microbatch=2)
+    spec = ExecutorSpec(kind, t_d=0.5)  # type: ignore[arg-type]
+    lane = PipelineLearner(_model(), Plan.uniform(3), training, executor=spec, devices="plan")
+    plain = SequentialLearner(_model(), training)
+    x, y = _stream(40)
+    got: list[LearnOutcome] = []
+    want: list[LearnOutcome] = []
+    for i, (xi, yi) in enumerate(zip(x, y, strict=True)):
+        lane.learn_one(xi, int(yi), got.append)
+        if i % 2:
+            assert lane.flush(DRAIN_S)  # one microbatch at a time: the sequential learner's order
+        plain.learn_one(xi, int(yi), want.append)
+    plain.flush()
+    lane.close()
+    assert lane.reports_predictions and plain.reports_predictions
+    assert len(got) == len(want) == 40 and all(o.predicted is not None for o in got)
+    assert [o.predicted for o in got] == [o.predicted for o in want]
+    assert len({o.predicted for o in got}) > 1  # the weights moved: not one constant guess

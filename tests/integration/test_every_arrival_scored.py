@@ -77,3 +77,26 @@ def test_under_overload_a_sample_of_the_dropped_arrivals_stands_for_the_rest(ipc
         assert acc["estimated"] > 200 and acc["scored"] + acc["estimated"] + acc["unscored"] == 1500
         assert 0.0 <= acc["online_accuracy"] <= 1.0
         assert "estimated from a sample" in render_status(daemon.status())
+
+
+def test_trained_samples_are_scored_from_their_training_forward(ipc_dir):
+    """A learner that reports its training forward's predictions needs no second forward: with no
+    drops the daemon never calls predict, and every arrival is still scored exactly."""
+    config = config_from(write_config(ipc_dir, ingest={"queue_capacity": 4096}))
+    x, y = digits(300)
+    with ThreadedDaemon(config) as td:
+        daemon = td.daemon
+        calls: list[int] = []
+        learner = daemon.learner
+        predict_many, predict_one = learner.predict_many, learner.predict_one
+        learner.predict_many = lambda xs: calls.append(len(xs)) or predict_many(xs)  # type: ignore[method-assign]
+        learner.predict_one = lambda x: calls.append(1) or predict_one(x)  # type: ignore[method-assign]
+        with SamplePublisher(config.ingest.endpoint, "calm") as pub:
+            for features, label in zip(x, y, strict=True):
+                assert pub.publish(features, int(label))
+        wait_for(lambda: td.settled(300), what="stream settled")
+        wait_for(lambda: daemon.status()["accuracy"]["samples"] == 300, what="every arrival scored")
+        acc = daemon.status()["accuracy"]
+        assert daemon.queue.snapshot().trained == 300 and acc["scored"] == 300 and acc["estimated"] == 0
+        assert calls == []
+        assert acc["online_accuracy"] > acc["majority_accuracy"]  # it learned, and the scores say so

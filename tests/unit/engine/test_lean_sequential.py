@@ -70,7 +70,9 @@ class _Reference:
         xb = torch.as_tensor(np.stack([x for x, _ in self.pending]), dtype=torch.float32)
         yb = torch.as_tensor([y for _, y in self.pending], dtype=torch.long)
         n, self.pending = len(self.pending), []
-        loss = self.loss_fn(self.model(xb), yb)
+        logits = self.model(xb)
+        predicted = logits.detach().argmax(1).tolist()  # test, then train: before the update
+        loss = self.loss_fn(logits, yb)
         refused = self.guard.check_loss(float(loss.detach()))
         if refused is None:
             grads = torch.autograd.grad(loss, self.params, allow_unused=True)
@@ -84,7 +86,8 @@ class _Reference:
                 self.optim = optim
         if refused is not None:
             self.guard.refused(refused)
-        self.outcomes += [LearnOutcome(refused is None, refused or "")] * n
+        self.outcomes += [LearnOutcome(refused is None, refused or "", guess) for guess in predicted]
+        assert len(predicted) == n
 
 
 def _tanh_mlp() -> nn.Sequential:

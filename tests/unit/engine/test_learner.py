@@ -220,7 +220,7 @@ def test_in_flight_capacity_is_enough_to_finish_without_flush(make_mlp, stream, 
     plan = Plan.uniform(3, (1,), workers=workers, accumulation=accumulation)
     learner = PipelineLearner(make_mlp(), plan, tr, executor=ExecutorSpec.virtual(t_d=0.1))
     cap = learner.in_flight_capacity()
-    assert cap == workers * 2 * max(2, accumulation)
+    assert cap == workers * 2 * (max(2, accumulation) + 1)  # one more microbatch per worker waits ready
     outcomes: list[LearnOutcome] = []
     fed = 0
     for _ in range(10_000):

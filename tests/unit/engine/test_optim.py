@@ -183,13 +183,13 @@ def test_sequential_learner_discards_a_diverging_update_and_recovers(make_mlp, s
     weights, optim = learner.state_dict()["model"], learner.state_dict()["optim"]
     learner.training = dataclasses.replace(learner.training, lr=1e12)  # one diverging update
     learner.learn_one(x[10], int(y[10]), done)
-    assert seen[-1] == LearnOutcome(False, DIVERGED_EXPLODING)
+    assert (seen[-1].trained, seen[-1].reason) == (False, DIVERGED_EXPLODING) and seen[-1].predicted is not None
     state = learner.state_dict()
     assert all(torch.equal(state["model"][k], weights[k]) for k in weights)
     assert all(torch.equal(state["optim"][k]["first"], optim[k]["first"]) for k in optim)
     learner.training = dataclasses.replace(learner.training, lr=float("inf"))
     learner.learn_one(x[11], int(y[11]), done)
-    assert seen[-1] == LearnOutcome(False, DIVERGED_NONFINITE)
+    assert (seen[-1].trained, seen[-1].reason) == (False, DIVERGED_NONFINITE)
     learner.training = dataclasses.replace(learner.training, lr=0.05)
     for i in range(12, 30):
         learner.learn_one(x[i], int(y[i]), done)
