@@ -97,6 +97,7 @@ def rate_params_for_config(
                 realtime["parent_cpu_s"] = costs.parent_cpu_s
         realtime["action_overhead_s"] = overhead
         realtime["overhead_holds_gil"] = executor == "realtime"
+        realtime["sequential_one_lane"] = config.ocl.method == "vanilla"  # the daemon's rule (learners.py)
         if not profile.device.startswith("cuda"):
             realtime["cpu_cores"] = float(len(os.sched_getaffinity(0)))
             if overhead > 0:  # an overhead set to 0 plans as if engine and daemon cost no CPU beyond compute

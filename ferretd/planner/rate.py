@@ -65,6 +65,12 @@ Derivation, per active worker n (``N`` active workers, microbatch ``b``, sample 
    left of the box for the lanes, ``C' = C - arrival_cpu_s / t_d`` cores and a GIL share
    ``g = 1 - arrival_cpu_s / t_d`` (both floored at ``MIN_SHARE``), giving
    ``N * (compute_n / C' + 3 P gil_o / g)``.
+8. One lane is not the engine (``sequential_one_lane``, issue 12): a plan of one stage and one
+   active worker (and no OCL method) runs the daemon's plain sequential learner, which has no
+   actions, no hand-off between lanes and no compensation (staleness 0), so it pays none of the
+   engine's per-action overhead (measured: 1.15-1.22x a raw autograd step against 1.74x for an
+   engine lane). Charging it the engine's overhead made the planner prefer two thread lanes on
+   the conv net at 4x overload, which trained 586 samples/s where one lane trained 1061.
 
 This is a ranking model for the planner, not a simulator: the bench checks that its order of
 configurations agrees with online accuracy measured in the engine's virtual clock (Spearman).
@@ -95,6 +101,7 @@ class RateParams:
     overhead_holds_gil: bool = True
     parent_cpu_s: float | None = None  # per action under the daemon's GIL; None: o or 0 (overhead_holds_gil)
     arrival_cpu_s: float = 0.0  # the daemon's own CPU per arriving sample (item 7)
+    sequential_one_lane: bool = False  # a P1 N1 plan runs the sequential learner: no engine overhead (item 8)
 
     def __post_init__(self) -> None:
         if not self.arrival_interval_s > 0:
@@ -127,20 +134,21 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         raise ValueError(f"profile has {profile.num_blocks} blocks but the plan {plan.num_blocks}")
     p = plan.num_stages
     fwd_compute, bwd_compute = _stage_times(profile, plan)
-    overhead = params.action_overhead_s
+    active = plan.active_workers
+    one_lane = params.sequential_one_lane and p == 1 and len(active) == 1
+    overhead = 0.0 if one_lane else params.action_overhead_s
     fwd = [f + overhead for f in fwd_compute]
     bwd = [b + 2 * overhead for b in bwd_compute]
     wsizes = [profile.stage_param_bytes(s, e) for s, e in plan.stage_blocks()]
     total_w = sum(wsizes) or 1
     shares = [w / total_w for w in wsizes]
-    active = plan.active_workers
     n_active = len(active)
     t_d = params.arrival_interval_s
     interval = n_active * profile.microbatch * t_d
     b = profile.microbatch
     c = params.decay_per_arrival / (b * t_d)  # item 5: decay per microbatch interval
     fill_value = _fill_value(c * t_d, b)
-    gil_overhead = params.parent_cpu_s
+    gil_overhead = 0.0 if one_lane else params.parent_cpu_s
     if gil_overhead is None:
         gil_overhead = overhead if params.overhead_holds_gil else 0.0
     arrival_load = params.arrival_cpu_s / t_d  # item 7: cores (and GIL) the daemon's own arrival work takes
@@ -153,7 +161,7 @@ def predict_rate(profile: Profile, plan: Plan, params: RateParams) -> RateBreakd
         r = plan.workers[n].recompute
         bwd_eff[n] = [bwd[j] + (fwd[j] if r else 0.0) for j in range(p)]
         service[n] = max(fwd[j] + bwd_eff[n][j] for j in range(p))
-        if math.isfinite(params.cpu_cores) or overhead:
+        if math.isfinite(params.cpu_cores) or params.action_overhead_s:
             compute = sum(fwd_compute) + sum(bwd_compute) + (sum(fwd_compute) if r else 0.0)
             shared = n_active * (compute / cores + 3 * p * gil_overhead / gil_share)
             service[n] = max(service[n], shared)

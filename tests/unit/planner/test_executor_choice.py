@@ -112,17 +112,18 @@ def _seed_overheads(state_dir, realtime: float, process: float, parent_cpu: floa
         (profiles / key).write_text(json.dumps({"action_overhead_s": value, **extra}))
 
 
+def _overrides(tmp_path) -> dict:
+    return {
+        "daemon": {"state_dir": str(tmp_path)},
+        "model": {"name": "convnet", "input_shape": [1, 16, 16], "channels": [8, 16]},
+        "training": {"microbatch": 8},
+        "pipeline": {"plan": "auto", "executor": "auto"},
+        "planner": {"max_stages": 3, "max_workers": 2},
+    }
+
+
 def _config(tmp_path):
-    return load_config(
-        overrides={
-            "daemon": {"state_dir": str(tmp_path)},
-            "model": {"name": "convnet", "input_shape": [1, 16, 16], "channels": [8, 16]},
-            "training": {"microbatch": 8},
-            "pipeline": {"plan": "auto", "executor": "auto"},
-            "planner": {"max_stages": 3, "max_workers": 2},
-        },
-        env={},
-    )
+    return load_config(overrides=_overrides(tmp_path), env={})
 
 
 def test_auto_picks_the_executor_with_the_better_predicted_rate(tmp_path) -> None:
@@ -140,3 +141,30 @@ def test_auto_picks_the_executor_with_the_better_predicted_rate(tmp_path) -> Non
     tight = Headroom(budget_bytes=32 << 20, raw_bytes=32 << 20, bound_by="cap", safety_factor=1.0, sources={})
     assert PROCESS_WORKER_BYTES > 32 << 20
     assert plan_for_config(config, headroom=tight, profiler=profiler, num_gpus=0).extra["executor"] == "realtime"
+
+
+def test_one_lane_runs_the_sequential_learner_without_engine_overhead() -> None:
+    """A P1 N1 plan runs the plain sequential learner (no actions, no lanes): it is charged no engine
+    overhead, so a second GIL-bound thread lane must beat the real one lane, not a handicapped one."""
+    profile = conv_profile(16)
+    t_d = profile.total_time_s / profile.microbatch / 4  # 4x overload
+    one, two = Plan.uniform(4), Plan.uniform(4, (), 2)
+    engine = RateParams(arrival_interval_s=t_d, action_overhead_s=profile.total_time_s / 8, cpu_cores=2.0)
+    sequential = RateParams(
+        arrival_interval_s=t_d, action_overhead_s=profile.total_time_s / 8, cpu_cores=2.0, sequential_one_lane=True
+    )
+    free = RateParams(arrival_interval_s=t_d, action_overhead_s=0.0, cpu_cores=2.0)
+    assert predict_rate(profile, one, sequential).rate == predict_rate(profile, one, free).rate
+    assert predict_rate(profile, one, sequential).rate > predict_rate(profile, one, engine).rate
+    assert predict_rate(profile, two, sequential).rate == predict_rate(profile, two, engine).rate  # lanes pay it
+    assert predict_rate(profile, two, engine).rate > predict_rate(profile, one, engine).rate  # the old choice
+    assert predict_rate(profile, one, sequential).rate > predict_rate(profile, two, sequential).rate  # the right one
+
+
+def test_the_planner_marks_one_lane_sequential_unless_an_ocl_method_runs(tmp_path) -> None:
+    config = _config(tmp_path)
+    profile = profile_for_config(config, Profiler(cache_dir=tmp_path / "profiles", warmup=1, repeats=2))
+    _seed_overheads(tmp_path, realtime=2e-4, process=5e-4, parent_cpu=3e-4)
+    assert rate_params_for_config(config, profile, 1e-3, "realtime").sequential_one_lane
+    er = load_config(overrides={**_overrides(tmp_path), "ocl": {"method": "er"}}, env={})
+    assert not rate_params_for_config(er, profile, 1e-3, "realtime").sequential_one_lane
