@@ -5,37 +5,45 @@ Part 1 (issue 12), the built-in conv net (8, 16, 32 channels) on 28x28 MNIST ima
 upscaled to 28x28), microbatch 8, at **2x and 4x** the rate one sequential conv daemon sustains,
 3 repetitions each (1 with ``--quick``), a fresh shuffled stream and fresh daemons per
 repetition. The ferret daemon plans with ``[pipeline] executor = "auto"``: the planner weighs
-thread lanes against process lanes by their measured overheads. Reported per overload: medians
-of trained samples/s (trained / seconds from the first send until drained) and their ratio, and
-online accuracy over all arrivals (dropped ones scored too).
+thread lanes against process lanes by their measured overheads. Two more daemons with a fixed
+plan, P1 N2 on worker threads and on worker processes, show what a second lane does whatever
+the planner chose. Reported per overload: medians of trained samples/s (trained / seconds from
+the first send until drained) and their ratio, and online accuracy over all arrivals.
 
 Part 2, below, is the MLP-on-digits run at 4x (3 runs with ``--full``, medians).
+
+**Each daemon runs alone, one after the other, on the same stream** (the order rotates from one
+repetition to the next, so drift of the box over the run does not favour one daemon). A
+parallel plan needs the cores a sequential one leaves idle; run side by side on a 2-core box,
+two daemons split the cores and a second lane mostly serves the other daemon (the runs before
+2026-12-03 18:30 UTC did that; docs/benchmarks/history.md). The publisher (this process) shares
+the box with the daemon under test, the same for every daemon.
 
 After the last send each daemon is paused (which flushes the learner's partial microbatches)
 before its counters are read, and each daemon's CPU (its process and every process under it,
 psutil) from the first send until drained is reported as the cores it used on average.
 
-Two ``ferretd`` processes run side by side, each with its own runtime/state directory under a
-temporary folder, and are fed the same digits stream by :class:`transports.client.SamplePublisher`
-(one publisher per daemon, samples interleaved in one pacing loop, as ``tools/replay.py`` paces):
+The daemons are fed by :class:`transports.client.SamplePublisher` at a fixed rate, as
+``tools/replay.py`` paces:
 
 * **sequential**: ``[pipeline] plan = "manual"``, 1 stage, 1 worker, no compensation (the daemon
   then uses the plain SGD learner);
 * **ferret**: ``[pipeline] plan = "auto"`` (the planner, told the arrival interval), iter_fisher.
 
-Both: MLP 64-128-128-128-10 (the bench_paper model), microbatch 1, lr 0.05, ingest queue of 64
-samples with ``drop_oldest`` (so overload shows up as drops instead of an ever-growing queue),
-snapshots and periodic checkpoints off.
+MLP part: MLP 64-128-128-128-10 (the bench_paper model), microbatch 1, lr 0.05, ingest queue of
+64 samples with ``drop_oldest`` (so overload shows up as drops instead of an ever-growing queue),
+snapshots and periodic checkpoints off. Every daemon runs the product default for scoring the
+dropped arrivals (``[metrics] drop_scoring_share`` 0.2: a random sample of them under overload).
 
 Rate: first a calibration run of the sequential daemon alone, fed as fast as possible with a
 queue large enough to drop nothing, measures what one sequential worker sustains end to end
-(ingest, predict, train) in samples/s; the comparison then sends at 4x that rate. The publisher
-reports the rate it really reached. Readout from ``status`` over each daemon's control socket
-once both have drained: received / trained / dropped counters, online accuracy with NoChange and
+(ingest, predict, train) in samples/s; the comparison then sends at 2x/4x that rate. The
+publisher reports the rate it really reached. Readout from ``status`` over each daemon's control
+socket once drained: received / trained / dropped counters, online accuracy with NoChange and
 majority beside it, mean delay to training, and the engine's plan.
 
-Caveat: the two daemons and the publisher share the machine's 2 cores, and Python lanes share a
-GIL, so this measures what the product does here, not the paper's GPU setting.
+Caveat: the daemon and the publisher share the machine's 2 cores, and Python lanes share a GIL,
+so this measures what the product does here, not the paper's GPU setting.
 
 Run alone: ``.venv/bin/python tools/bench/run_all.py --quick --only realtime``.
 """
@@ -228,8 +236,60 @@ def mnist_images(n: int, seed: int) -> tuple[Any, Any, str]:
 
 CONV = {"name": "convnet", "input_shape": [1, 28, 28], "channels": [8, 16, 32]}
 CONV_MB = 8
-CONV_SAMPLES = {True: 3000, False: 8000}  # per run, quick / full
+CONV_SAMPLES = {True: 3000, False: 16000}  # per run, quick / full: 5-10 s of stream at 2x-4x
 OVERLOADS = (2.0, 4.0)
+
+
+def run_alone(name: str, directory: Path, sections: dict[str, Any], xs: Any, ys: Any, rate: float) -> dict[str, Any]:
+    """One daemon alone on the box: fed ``xs, ys`` at ``rate``, drained, read out, stopped."""
+    daemon = Daemon(name, directory, **sections)
+    try:
+        cpu0, own0, t0 = daemon.cpu_seconds(), sum(os.times()[:2]), time.monotonic()
+        reached = publish([daemon], xs, ys, rate)
+        sent_at = time.monotonic()
+        res = summary(daemon.drained(len(ys), 600))
+        elapsed = time.monotonic() - t0
+        engine = (daemon.status() or {}).get("engine") or {}
+        res.update(
+            reached_rate=reached,
+            drained_after_s=time.monotonic() - sent_at,
+            trained_per_s=res["trained"] / elapsed,
+            cpu_cores=(daemon.cpu_seconds() - cpu0) / elapsed,  # cores it used on average
+            publisher_cores=(sum(os.times()[:2]) - own0) / elapsed,
+            executor=engine.get("executor", "sequential"),  # what ran, not only what was planned
+        )
+        return res
+    finally:
+        daemon.stop()
+
+
+def rotated(names: list[str], rep: int) -> list[str]:
+    """The order daemons run in repetition ``rep``: rotated, so that none always runs first."""
+    k = rep % len(names)
+    return names[k:] + names[:k]
+
+
+def conv_variants(rate: float) -> dict[str, dict[str, Any]]:
+    base = {
+        "model": CONV,
+        "training": {"lr": 0.05, "microbatch": CONV_MB},
+        "ingest": {"queue_capacity": 256, "overflow": "drop_oldest"},
+    }
+    ferret = {**base, "compensation": {"method": "iter_fisher"}}
+    return {
+        "sequential": {
+            **base,
+            "pipeline": {"plan": "manual", "stages": 1, "workers": 1},
+            "compensation": {"method": "none"},
+        },
+        "ferret": {
+            **ferret,
+            "pipeline": {"plan": "auto", "executor": "auto"},
+            "planner": {"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
+        },
+        "P1 N2 threads": {**ferret, "pipeline": {"plan": "manual", "workers": 2, "executor": "realtime"}},
+        "P1 N2 processes": {**ferret, "pipeline": {"plan": "manual", "workers": 2, "executor": "process"}},
+    }
 
 
 def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
@@ -237,14 +297,9 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
 
     reps = 1 if quick else 3
     n = CONV_SAMPLES[quick]
-    base = {"model": CONV, "training": {"lr": 0.05, "microbatch": CONV_MB}}
-    seq_sections: dict[str, dict[str, Any]] = {
-        **base,
-        "pipeline": {"plan": "manual", "stages": 1, "workers": 1},
-        "compensation": {"method": "none"},
-    }
     x_cal, y_cal, source = mnist_images(1500, seed=99)
-    calib = Daemon("calibration", root / "conv-calib", ingest={"queue_capacity": 8192}, **seq_sections)
+    calibration = {**conv_variants(1.0)["sequential"], "ingest": {"queue_capacity": 8192}}
+    calib = Daemon("calibration", root / "conv-calib", **calibration)
     try:
         t0 = time.monotonic()
         publish([calib], x_cal, y_cal, 0.0)
@@ -255,56 +310,29 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
     rows: dict[str, Any] = {}
     for overload in OVERLOADS:
         rate = overload * seq_rate
-        queue = {"queue_capacity": 256, "overflow": "drop_oldest"}
-        runs = []
+        variants = conv_variants(rate)
+        runs: list[dict[str, Any]] = []
         for r in range(reps):
             xs, ys, _ = mnist_images(n, seed=r)
-            tag = f"x{overload:g}-{r}"
-            daemons = [Daemon("sequential", root / f"conv-seq-{tag}", ingest=queue, **seq_sections)]
-            try:
-                daemons.append(
-                    Daemon(
-                        "ferret",
-                        root / f"conv-ferret-{tag}",
-                        ingest=queue,
-                        **base,
-                        pipeline={"plan": "auto", "executor": "auto"},
-                        compensation={"method": "iter_fisher"},
-                        planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
-                    )
-                )
-                cpu0 = {d.name: d.cpu_seconds() for d in daemons}
-                own0 = sum(os.times()[:2])
-                t0 = time.monotonic()
-                reached = publish(daemons, xs, ys, rate)
-                run_row: dict[str, Any] = {"reached_rate": reached, "publisher_cpu_s": sum(os.times()[:2]) - own0}
-                for d in daemons:
-                    res = summary(d.drained(len(ys), 600))
-                    elapsed = time.monotonic() - t0
-                    res["trained_per_s"] = res["trained"] / elapsed
-                    res["cpu_cores"] = (d.cpu_seconds() - cpu0[d.name]) / elapsed  # cores it used on average
-                    engine = (d.status() or {}).get("engine") or {}
-                    res["executor"] = engine.get("executor", "sequential")  # what ran, not only what was planned
-                    run_row[d.name] = res
-                run_row["elapsed_s"] = time.monotonic() - t0
-                runs.append(run_row)
-            finally:
-                for d in daemons:
-                    d.stop()
+            run_row: dict[str, Any] = {"order": rotated(list(variants), r)}
+            for who in run_row["order"]:
+                directory = root / f"conv-{who.replace(' ', '_')}-x{overload:g}-{r}"
+                run_row[who] = run_alone(who, directory, variants[who], xs, ys, rate)
+            runs.append(run_row)
         med = {
             who: {
                 "trained_per_s": statistics.median(r[who]["trained_per_s"] for r in runs),
                 "online_accuracy": statistics.median(r[who]["online_accuracy"] or 0.0 for r in runs),
                 "cpu_cores": statistics.median(r[who]["cpu_cores"] for r in runs),
             }
-            for who in ("sequential", "ferret")
+            for who in variants
         }
         rows[f"x{overload:g}"] = {"target_rate": rate, "runs": runs, "median": med}
     lines = [
         f"Conv net (8, 16, 32 channels) on {source}, microbatch {CONV_MB}; one sequential daemon sustains "
         f"**{seq_rate:.0f} samples/s** (calibration: {len(y_cal)} samples as fast as possible). {n} samples per run, "
-        f"{reps} repetition(s) per overload; ingest queue 256, drop_oldest; ferret: plan auto, executor auto, "
-        "iter_fisher.",
+        f"{reps} repetition(s) per overload, each daemon alone on the box in rotating order; ingest queue 256, "
+        "drop_oldest; ferret: plan auto, executor auto, iter_fisher; P1 N2 rows: a fixed plan of two workers.",
         "",
         "| overload | daemon | plans (executor) | trained/s median | ratio vs sequential | online acc % median "
         "| CPU cores used, median | per run trained/s | per run online acc % |",
@@ -312,8 +340,7 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
     ]
     for key, row in rows.items():
         seq_med = row["median"]["sequential"]["trained_per_s"]
-        for who in ("sequential", "ferret"):
-            m = row["median"][who]
+        for who, m in row["median"].items():
             plans = ", ".join(
                 sorted({f"P{r[who]['stages']} N{r[who]['workers']} ({r[who]['executor']})" for r in row["runs"]})
             )
@@ -324,7 +351,7 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
                 f"{m['trained_per_s'] / seq_med:.2f}x | {100 * m['online_accuracy']:.1f} | {m['cpu_cores']:.2f} | "
                 f"{per_tp} | {per_acc} |"
             )
-    publisher = [r["publisher_cpu_s"] / r["elapsed_s"] for row in rows.values() for r in row["runs"]]
+    publisher = [r[who]["publisher_cores"] for row in rows.values() for r in row["runs"] for who in r["order"]]
     lines += [
         "",
         f"'CPU cores used': CPU seconds of the daemon and its child processes (forkserver, worker processes) "
@@ -372,12 +399,13 @@ def run_mlp(quick: bool) -> dict[str, Any]:
 
     x_all, y_all = np.concatenate(xs), np.concatenate(ys)
     calib_n = 600 if quick else 1500
+    queue = {"queue_capacity": 64, "overflow": "drop_oldest"}
+    seq_sections: dict[str, dict[str, Any]] = {
+        "pipeline": {"plan": "manual", "stages": 1, "workers": 1},
+        "compensation": {"method": "none"},
+    }
     with tempfile.TemporaryDirectory(prefix="ferret-rt-") as tmp:
         root = Path(tmp)
-        seq_sections: dict[str, dict[str, Any]] = {
-            "pipeline": {"plan": "manual", "stages": 1, "workers": 1},
-            "compensation": {"method": "none"},
-        }
         calib = Daemon("calibration", root / "calib", ingest={"queue_capacity": 8192}, **seq_sections)
         try:
             t0 = time.monotonic()
@@ -387,18 +415,30 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         finally:
             calib.stop()
         rate = OVERLOAD * seq_rate
-        runs = [mlp_side_by_side(root / f"rep{r}", seq_sections, x_all, y_all, rate) for r in range(reps)]
+        variants: dict[str, dict[str, Any]] = {
+            "sequential": {**seq_sections, "ingest": queue},
+            "ferret": {
+                "ingest": queue,
+                "pipeline": {"plan": "auto", "executor": "auto"},
+                "compensation": {"method": "iter_fisher"},
+                "planner": {"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
+            },
+        }
+        runs = []
+        for r in range(reps):
+            order = rotated(list(variants), r)
+            runs.append({who: run_alone(who, root / f"{who}-{r}", variants[who], x_all, y_all, rate) for who in order})
     import statistics
 
-    reached = statistics.median(run["reached_rate"] for run in runs)
+    reached = statistics.median(run[who]["reached_rate"] for run in runs for who in variants)
     results = {
         who: {
             **runs[0][who],
             **{k: statistics.median(run[who][k] or 0.0 for run in runs) for k in MLP_MEDIANS},
-            "plans": sorted({f"P{run[who]['stages']} N{run[who]['workers']}" for run in runs}),
+            "plans": sorted({f"P{run[who]['stages']} N{run[who]['workers']} ({run[who]['executor']})" for run in runs}),
             "per_run_trained_per_s": [run[who]["trained_per_s"] for run in runs],
         }
-        for who in ("sequential", "ferret")
+        for who in variants
     }
     lines = [
         f"digits, {len(y_all)} samples ({passes} pass(es)) per run, {reps} run(s), medians below (per run trained/s: "
@@ -407,9 +447,9 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         )
         + f"); one sequential daemon sustains "
         f"**{seq_rate:.0f} samples/s** "
-        f"(calibration: {calib_n} samples as fast as possible, no drops); target {OVERLOAD:g}x = {rate:.0f}/s per "
-        f"daemon, reached {reached:.0f}/s. Both daemons fed the same samples side by side; ingest queue 64, "
-        "drop_oldest.",
+        f"(calibration: {calib_n} samples as fast as possible, no drops); target {OVERLOAD:g}x = {rate:.0f}/s, "
+        f"reached {reached:.0f}/s. Each daemon alone on the box, in rotating order, fed the same samples; "
+        "ingest queue 64, drop_oldest.",
         "",
         "| daemon | engine | plan | received | trained | trained/s | ratio | CPU cores used | dropped | online acc % "
         "| NoChange % | majority % | mean delay ms | drained s after the last send | predicted memory KiB |",
@@ -432,9 +472,7 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         "at most what keeps its lanes busy (`in_flight_capacity`); the rest waits in the bounded ingest queue, "
         "whose drop_oldest policy keeps what is trained fresh. The planner charges lanes their measured "
         "per-action overhead (process lanes: the daemon's own CPU per action), the shared cores and the daemon's "
-        "own work per arrival, which on this 2-core box makes one lane (P1 N1) the best plan for this MLP: the "
-        "'ferret' daemon then runs the same sequential learner, and the ratio is 1 up to noise. 'CPU cores used' "
-        "shows how much of the box each daemon got; where its CPU goes is in docs/planner.md section 4b.",
+        "own work per arrival; where the daemon's CPU goes is in docs/planner.md section 4b.",
     ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
     return {
@@ -442,38 +480,3 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         "markdown": "\n".join(lines),
         "data": {**data, **results, "runs": runs},
     }
-
-
-def mlp_side_by_side(
-    root: Path, seq_sections: dict[str, dict[str, Any]], xs: Any, ys: Any, rate: float
-) -> dict[str, Any]:
-    """One run: a sequential and a planned daemon fed the same samples at ``rate`` each."""
-    queue = {"queue_capacity": 64, "overflow": "drop_oldest"}
-    daemons = [Daemon("sequential", root / "seq", ingest=queue, **seq_sections)]
-    try:
-        daemons.append(
-            Daemon(
-                "ferret",
-                root / "ferret",
-                ingest=queue,
-                pipeline={"plan": "auto", "executor": "auto"},
-                compensation={"method": "iter_fisher"},
-                planner={"arrival_interval_s": 1.0 / rate, "max_workers": 4, "max_stages": 4},
-            )
-        )
-        cpu0 = {d.name: d.cpu_seconds() for d in daemons}
-        t0 = time.monotonic()
-        reached = publish(daemons, xs, ys, rate)
-        sent_at = time.monotonic()
-        results: dict[str, Any] = {"reached_rate": reached}
-        for d in daemons:
-            res = summary(d.drained(len(ys), 300))
-            res["drained_after_s"] = time.monotonic() - sent_at
-            elapsed = time.monotonic() - t0
-            res["trained_per_s"] = res["trained"] / elapsed
-            res["cpu_cores"] = (d.cpu_seconds() - cpu0[d.name]) / elapsed
-            results[d.name] = res
-        return results
-    finally:
-        for d in daemons:
-            d.stop()
