@@ -158,5 +158,6 @@ def test_each_sampled_prediction_is_scored_against_its_own_label(config):
 def test_the_scoring_share_is_live_on_reload(config, tmp_path):
     score = ScoreComponent(config, lambda: FeatureLearner())  # type: ignore[arg-type, return-value]
     assert score.budget.share == 0.2
+    (tmp_path / "new").mkdir()
     score.reconfigure(config_from(write_config(tmp_path / "new", metrics={"drop_scoring_share": 1.0})))
     assert score.budget.share == 1.0 and score.budget.affordable(256) == 256
