@@ -363,6 +363,13 @@ class Daemon:
 
     # ------------------------------------------------------------------ shutdown
 
+    def _score_the_last_outcomes(self) -> None:
+        """Samples the closing learner gave up (a flush that timed out) still get their one score."""
+        try:
+            self.score.record_predicted()
+        except Exception as exc:  # the learner is closed: what it cannot predict stays unscored
+            log.warning("final_scoring_failed", error=f"{type(exc).__name__}: {exc}"[:200])
+
     def shutdown(self, final_snapshot: bool = True) -> int:
         """Stop accepting, train what is queued, final checkpoint and snapshot, close: all within
         ``[daemon] shutdown_timeout_s`` (shares in :class:`ferretd.shutdown.ShutdownBudget`). Returns
@@ -398,6 +405,7 @@ class Daemon:
         if self.authenticator is not None:
             self.authenticator.stop()
         self.trainer.close()
+        self._score_the_last_outcomes()
         log.info(
             "ferretd_stopped",
             dropped_at_shutdown=dropped,
