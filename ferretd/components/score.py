@@ -142,6 +142,8 @@ class ScoreComponent:
                 else:
                     with self._lock:
                         self._score.count(sample.label)
+            with self._lock:
+                self._score.sampled(k, m)
         self.budget.spent(time.monotonic() - started, m)
 
     def _predict(self, samples: list[Sample]) -> np.ndarray:

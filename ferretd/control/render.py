@@ -16,7 +16,9 @@ def scored_note(accuracy: dict[str, Any]) -> str:
     ``(N dropped unscored)`` when the queue dropped more than it could keep aside for scoring."""
     notes = []
     if estimated := accuracy.get("estimated") or 0:
-        notes.append(f"{fmt(estimated)} estimated from a sample")
+        stderr = accuracy.get("online_accuracy_stderr")
+        margin = f", standard error {stderr:.4f}" if stderr is not None else ""
+        notes.append(f"{fmt(estimated)} estimated from a sample{margin}")
     if unscored := accuracy.get("unscored") or 0:
         notes.append(f"{fmt(unscored)} dropped unscored")
     return f" ({'; '.join(notes)})" if notes else ""

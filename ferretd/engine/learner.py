@@ -9,6 +9,7 @@ through the ``on_done`` callback, from whatever thread finished it, so the daemo
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections import Counter, deque
 from collections.abc import Callable
@@ -131,6 +132,10 @@ class PrequentialScore:
     counted (:meth:`count`): the sampled ones then carry a ``weight`` (the inverse of their
     sampling probability), so ``hits`` is an unbiased (Horvitz-Thompson) estimate of the hits
     over all arrivals. With every arrival scored, every weight is 1 and the accuracy is exact.
+    ``online_accuracy_stderr`` is the estimate's standard error from that sampling alone: each
+    batch of ``k`` arrivals of which ``m`` were scored adds ``k (k/m - 1) p (1 - p)`` to the
+    variance of the hit count (simple random sampling without replacement), with the estimated
+    accuracy as ``p``; 0 when every arrival was scored.
     """
 
     def __init__(self, window: int = 500) -> None:
@@ -138,6 +143,7 @@ class PrequentialScore:
         self.seen = 0
         self.scored = 0
         self.hits = 0.0
+        self.sampling_variance = 0.0  # sum over sampled batches of k (k/m - 1), times p (1 - p) at report time
         self.nochange_hits = 0
         self.majority_hits = 0
         self._recent: deque[tuple[int, float]] = deque(maxlen=window)
@@ -164,6 +170,19 @@ class PrequentialScore:
         if self._majority is None or self._label_counts[label] > self._label_counts[self._majority]:
             self._majority = label
 
+    def sampled(self, k: int, m: int) -> None:
+        """A batch of ``k`` arrivals was scored by a random ``m`` of them (recorded with weight k/m)."""
+        if 0 < m < k:
+            self.sampling_variance += k * (k / m - 1.0)
+
+    def stderr(self) -> float | None:
+        """Standard error of :attr:`accuracy` from scoring by sample (0.0 when exact)."""
+        p = self.accuracy
+        if p is None:
+            return None
+        p = min(1.0, max(0.0, p))
+        return math.sqrt(self.sampling_variance * p * (1.0 - p)) / self.seen
+
     @staticmethod
     def _ratio(hits: float, seen: float) -> float | None:
         return hits / seen if seen else None
@@ -176,6 +195,7 @@ class PrequentialScore:
         return {
             "samples": self.seen,
             "online_accuracy": self.accuracy,
+            "online_accuracy_stderr": self.stderr(),
             "window_accuracy": self._ratio(sum(h * w for h, w in self._recent), sum(w for _, w in self._recent)),
             "window": self.window,
             "scored": self.scored,
@@ -189,6 +209,7 @@ class PrequentialScore:
             "seen": self.seen,
             "scored": self.scored,
             "hits": self.hits,
+            "sampling_variance": self.sampling_variance,
             "nochange_hits": self.nochange_hits,
             "majority_hits": self.majority_hits,
             "recent": [[h, w] for h, w in self._recent],
@@ -202,6 +223,7 @@ class PrequentialScore:
         self.seen = int(state["seen"])
         self.scored = int(state.get("scored", self.seen))
         self.hits = float(state["hits"])
+        self.sampling_variance = float(state.get("sampling_variance", 0.0))
         self.nochange_hits = int(state["nochange_hits"])
         self.majority_hits = int(state["majority_hits"])
         recent = [(int(r[0]), float(r[1])) if isinstance(r, list | tuple) else (int(r), 1.0) for r in state["recent"]]

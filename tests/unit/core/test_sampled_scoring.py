@@ -115,7 +115,7 @@ def test_sampled_scoring_estimates_the_exact_accuracy_without_bias(config):
 def test_estimates_over_many_seeds_average_to_the_exact_accuracy(config):
     drops = stream(2_560, hit_rate=0.6, seed=3)
     exact = float(np.mean([s.features[0] == s.label for s in drops]))
-    estimates = []
+    estimates, stderrs = [], []
     for seed in range(200):
         score = ScoreComponent(config, lambda: FeatureLearner(), seed=seed)  # type: ignore[arg-type, return-value]
         score.budget = ScoringBudget(0.2, FakeClock())
@@ -124,9 +124,11 @@ def test_estimates_over_many_seeds_average_to_the_exact_accuracy(config):
         while pending:
             score.score_dropped(lambda n, p=pending: [p.pop(0) for _ in range(min(n, len(p)))], exact=False)
         estimates.append(score.summary()["online_accuracy"])
+        stderrs.append(score.summary()["online_accuracy_stderr"])
     # 200 estimates from 10 samples each: the mean's standard error is about 0.49 / sqrt(2000) = 0.011
     assert np.mean(estimates) == pytest.approx(exact, abs=0.035)
     assert np.std(estimates) > 0.05  # they really are estimates from a sample
+    assert np.mean(stderrs) == pytest.approx(np.std(estimates), rel=0.25)  # the reported error is their spread
 
 
 def test_exact_scoring_predicts_every_dropped_arrival(config):
@@ -137,6 +139,7 @@ def test_exact_scoring_predicts_every_dropped_arrival(config):
     exact = float(np.mean([s.features[0] == s.label for s in drops]))
     score.score_dropped(lambda n: [drops.pop(0) for _ in range(min(n, len(drops)))], exact=True)
     assert learner.predicted == 600 and score.summary()["estimated"] == 0
+    assert score.summary()["online_accuracy_stderr"] == 0.0
     assert score.summary()["online_accuracy"] == pytest.approx(exact)
 
 
@@ -161,3 +164,26 @@ def test_the_scoring_share_is_live_on_reload(config, tmp_path):
     (tmp_path / "new").mkdir()
     score.reconfigure(config_from(write_config(tmp_path / "new", metrics={"drop_scoring_share": 1.0})))
     assert score.budget.share == 1.0 and score.budget.affordable(256) == 256
+
+
+@pytest.mark.parametrize("m", [1, 5, 9])
+def test_the_reported_standard_error_matches_the_spread_of_the_estimates(m):
+    """Batches of 10 arrivals scored by a random m (recorded with weight 10/m): the standard error
+    the score reports (finite-population corrected) matches how much the estimates really vary."""
+    rng = np.random.default_rng(m)
+    hits = rng.random((60, 10)) < 0.7  # the fixed population: which of 600 arrivals the model gets right
+    estimates, stderrs = [], []
+    for _ in range(400):
+        score = PrequentialScore()
+        for batch in hits:
+            chosen = set(rng.choice(10, size=m, replace=False).tolist())
+            for i, hit in enumerate(batch):
+                if i in chosen:
+                    score.record(1 if hit else 0, 1, weight=10 / m)
+                else:
+                    score.count(1)
+            score.sampled(10, m)
+        estimates.append(score.accuracy)
+        stderrs.append(score.stderr())
+    assert np.mean(estimates) == pytest.approx(hits.mean(), abs=0.01)
+    assert np.mean(stderrs) == pytest.approx(np.std(estimates), rel=0.2)
