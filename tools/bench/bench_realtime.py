@@ -198,6 +198,7 @@ def summary(status: dict[str, Any]) -> dict[str, Any]:
         "trained": c["trained"],
         "dropped": c["dropped_total"],
         "online_accuracy": acc["online_accuracy"],
+        "online_accuracy_stderr": acc.get("online_accuracy_stderr") or 0.0,
         "nochange_accuracy": acc["nochange_accuracy"],
         "majority_accuracy": acc["majority_accuracy"],
         "mean_delay_s": status["training"]["mean_delay_s"],
@@ -352,7 +353,12 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
                 f"{per_tp} | {per_acc} |"
             )
     publisher = [r[who]["publisher_cores"] for row in rows.values() for r in row["runs"] for who in r["order"]]
+    stderr = max(r[who]["online_accuracy_stderr"] for row in rows.values() for r in row["runs"] for who in r["order"])
     lines += [
+        "",
+        "Online accuracy counts every arrival; under overload the daemon scores a random sample of the dropped "
+        f"ones ([metrics] drop_scoring_share = 0.2), so it is an estimate: standard error at most "
+        f"{100 * stderr:.2f} points in any run here.",
         "",
         f"'CPU cores used': CPU seconds of the daemon and its child processes (forkserver, worker processes) "
         f"from the first send until drained, over that wall time; the publisher (this process) used "
@@ -465,8 +471,11 @@ def run_mlp(quick: bool) -> dict[str, Any]:
             f"{100 * (r['online_accuracy'] or 0):.1f} | {100 * (r['nochange_accuracy'] or 0):.1f} | "
             f"{100 * (r['majority_accuracy'] or 0):.1f} | {delay} | {r['drained_after_s']:.1f} | {mem} |"
         )
+    stderr = max(run[who]["online_accuracy_stderr"] for run in runs for who in variants)
     lines += [
         "",
+        f"Online accuracy counts every arrival: standard error from scoring dropped ones by sample at most "
+        f"{100 * stderr:.2f} points in any run here (0: every one was scored). "
         "Wall-clock run on a shared 2-core machine: numbers vary between runs (not the virtual clock). "
         "'mean delay' is the daemon's arrival-to-update delay of trained samples. The daemon hands the engine "
         "at most what keeps its lanes busy (`in_flight_capacity`); the rest waits in the bounded ingest queue, "
