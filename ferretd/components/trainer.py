@@ -63,17 +63,14 @@ class Trainer:
         """Hand ``sample`` to the learner; its outcome settles it in the ledger and, when the learner
         reports predictions, passes its prediction (or None: no forward ran) to ``predicted``."""
         received_at = sample.received_at
-        if self.scores_while_training:
-            report = self._predicted
-            assert report is not None
+        report = self._predicted if self.scores_while_training else None
 
-            def done(outcome: LearnOutcome) -> None:
+        def done(outcome: LearnOutcome) -> None:
+            if report is not None:
                 report(sample, outcome.predicted)
-                self._settle(outcome, received_at)
+            self._settle(outcome, received_at)
 
-            self.learner.learn_one(sample.features, sample.label, done)
-        else:
-            self.learner.learn_one(sample.features, sample.label, lambda outcome: self._settle(outcome, received_at))
+        self.learner.learn_one(sample.features, sample.label, done)
 
     def _settle(self, outcome: LearnOutcome, received_at: float) -> None:
         if outcome.reason.startswith("diverged"):
