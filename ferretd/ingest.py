@@ -131,21 +131,32 @@ class SampleQueue:
     def offer(self, sample: Sample) -> bool:
         """Enqueue an accepted sample; False when the overflow policy refused or evicted one."""
         with self._lock:
-            self._received += 1
-            self._arrived()
-            self._track_sequence(sample.device, sample.seq)
-            if len(self._items) >= self.capacity:
-                self._dropped[DropReason.QUEUE_FULL.value] += 1
-                if self.overflow == "drop_newest":
-                    self._set_aside(sample)
-                    return False
-                self._set_aside(self._items.popleft())
-                self._items.append(sample)
-                self._not_empty.notify()
-                return False
-            self._items.append(sample)
+            accepted = self._offer(sample)
             self._not_empty.notify()
+            return accepted
+
+    def offer_many(self, samples: list[Sample]) -> int:
+        """:meth:`offer` for a batch under one lock; returns how many the overflow policy dropped."""
+        with self._lock:
+            refused = sum(not self._offer(sample) for sample in samples)
+            self._not_empty.notify()
+            return refused
+
+    def _offer(self, sample: Sample) -> bool:
+        """Call with the lock held."""
+        self._received += 1
+        self._arrived()
+        self._track_sequence(sample.device, sample.seq)
+        if len(self._items) < self.capacity:
+            self._items.append(sample)
             return True
+        self._dropped[DropReason.QUEUE_FULL.value] += 1
+        if self.overflow == "drop_newest":
+            self._set_aside(sample)
+        else:
+            self._set_aside(self._items.popleft())
+            self._items.append(sample)
+        return False
 
     def _set_aside(self, sample: Sample) -> None:
         """Call with the lock held: keep a dropped sample for scoring, or count it unscored."""

@@ -191,3 +191,16 @@ class SampleDecoder:
         return Sample(
             device=device, seq=seq, timestamp=float(ts), features=features, label=label, received_at=received_at
         )
+
+
+def rows_from_bytes(blob: bytes, count: int, shape: Sequence[int]) -> list[Float32Array]:
+    """``count`` float32 arrays of ``shape`` packed back to back in ``blob`` (each its own copy, so a
+    queued row never keeps the whole batch alive). Raises ``ValueError`` when the sizes disagree."""
+    size = 4 * math.prod(shape)
+    if len(blob) != count * size:
+        raise ValueError(f"{len(blob)} feature bytes for {count} samples of {size}")
+    if not count:
+        return []
+    rows = np.frombuffer(blob, dtype=np.float32).reshape(count, *shape)
+    return [row.copy() for row in rows]
+

@@ -2,7 +2,9 @@
 
 The ingest thread (:class:`transports.zmq_ingest.IngestServer`) calls :meth:`handle_frame`,
 which decodes and validates a frame and offers it to the :class:`~ferretd.ingest.SampleQueue`;
-every frame ends in exactly one counter. Bad input is logged at most once per 10 s per reason
+with ``[ingest] decode_in = "process"`` a child process decodes and validates, and the thread of
+:class:`transports.zmq_ingest_process.IngestProcess` hands the results to :meth:`accept_many` and
+``_reject``. Every frame ends in exactly one counter. Bad input is logged at most once per 10 s per reason
 on its own channel (``bad_input``). The component also samples the ledger for the health
 check's recent-drop window (about once a second, loop thread).
 
@@ -22,10 +24,11 @@ from ferretd.config import Config
 from ferretd.health import DropWindow
 from ferretd.ingest import SampleQueue
 from ferretd.logs import RateLimitedLog
-from ferretd.messages import DropReason, RejectReason
+from ferretd.messages import DropReason, RejectReason, Sample
 from transports.arrays import SampleDecoder
 from transports.wire import Rejected
 from transports.zmq_ingest import IngestServer
+from transports.zmq_ingest_process import DecodeSpec, IngestProcess
 
 log = structlog.get_logger("ferretd")
 
@@ -40,7 +43,7 @@ class IngestComponent:
         self.bad_input = RateLimitedLog(log)
         self.drop_window = DropWindow(config.metrics.drop_window_s)
         self._next_drop_observe = 0.0
-        self.server: IngestServer | None = None
+        self.server: IngestServer | IngestProcess | None = None
 
     # ------------------------------------------------------------------ ingest thread
 
@@ -53,10 +56,22 @@ class IngestComponent:
         except Rejected as exc:
             self._reject(exc.reason, exc.detail)
             return
+        self.accept(sample)
+
+    def accept(self, sample: Sample) -> None:
+        """Queue a decoded, validated sample (from :meth:`handle_frame`)."""
         if not self.queue.offer(sample):
-            self.bad_input.warning(
-                "queue_full", "sample_dropped", reason=DropReason.QUEUE_FULL.value, policy=self.queue.overflow
-            )
+            self._queue_full()
+
+    def accept_many(self, samples: list[Sample]) -> None:
+        """Queue a batch of decoded, validated samples (from the ingest process)."""
+        if self.queue.offer_many(samples):
+            self._queue_full()
+
+    def _queue_full(self) -> None:
+        self.bad_input.warning(
+            "queue_full", "sample_dropped", reason=DropReason.QUEUE_FULL.value, policy=self.queue.overflow
+        )
 
     def _reject(self, reason: RejectReason, detail: str) -> None:
         self.queue.reject(reason)
@@ -66,6 +81,20 @@ class IngestComponent:
 
     def bind(self, context: zmq.Context[Any], curve: Any) -> None:
         cfg = self._config.ingest
+        if cfg.decode_in == "process":
+            model = self._config.model
+            self.server = IngestProcess(
+                cfg.endpoint,
+                self.accept_many,
+                self._reject,
+                spec=DecodeSpec(tuple(model.input_shape), model.num_classes, cfg.max_message_bytes),
+                rcvhwm=cfg.rcvhwm,
+                curve=curve,
+                authorized_keys_dir=self._config.security.authorized_keys_dir,
+                log_level=self._config.daemon.log_level,
+                log_format=self._config.daemon.log_format,
+            )
+            return
         self.server = IngestServer(
             context,
             cfg.endpoint,

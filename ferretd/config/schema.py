@@ -59,9 +59,11 @@ class IngestConfig:
     max_message_bytes: int = 64 << 10
     max_devices: int = 10_000
     rcvhwm: int = 1000
+    decode_in: str = "process"
 
     def check(self) -> None:
         endpoint("ingest", "endpoint", self.endpoint)
+        choice("ingest", "decode_in", self.decode_in, ("thread", "process"))
         at_least("ingest", "queue_capacity", self.queue_capacity, 1)
         choice("ingest", "overflow", self.overflow, ("drop_oldest", "drop_newest"))
         at_least("ingest", "max_message_bytes", self.max_message_bytes, 64)

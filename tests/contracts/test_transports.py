@@ -26,15 +26,16 @@ import zmq
 
 import transports
 from ferretd.control.keygen import generate
-from ferretd.messages import ControlReply, ControlRequest
+from ferretd.messages import ControlReply, ControlRequest, Sample
 from tests.integration.harness import wait_for
-from transports.arrays import SampleDecoder
+from transports.arrays import SampleDecoder, pack_array
 from transports.client import SamplePublisher, SnapshotSubscriber
 from transports.control_client import ControlClient
 from transports.security import ClientCurve, CurveKeys, apply_client_curve, load_keypair, load_public_key
 from transports.wire import Rejected, pack
 from transports.zmq_control import ControlServer
 from transports.zmq_ingest import IngestServer
+from transports.zmq_ingest_process import DecodeSpec, IngestProcess
 from transports.zmq_snapshots import SnapshotService
 
 LIMIT = 4096
@@ -71,6 +72,8 @@ class Setup:
     server_curve: CurveKeys | None = None
     client_curve: ClientCurve | None = None
     authenticator: Any = None
+    authorized_keys_dir: str = ""
+    """Where the clients' public keys lie (a server in its own process starts its own ZAP)."""
     overhead: int = 0
     """Bytes the wire adds to a frame before MAXMSGSIZE is checked (CURVE_OVERHEAD on tcp)."""
 
@@ -208,6 +211,69 @@ class IngestContract(Contract):
         self.ingest.stop()
 
 
+class IngestProcessContract(Contract):
+    """The ingest socket in its own process hands over decoded samples, not frames: ``limit`` is
+    the decoder's limit (a frame past it is counted ``too_large`` in the child and never handed
+    over; ZeroMQ's MAXMSGSIZE guard lies further out, as for the thread)."""
+
+    server = IngestProcess
+    socket_type = zmq.PUSH
+    envelope: ClassVar[list[bytes]] = []
+
+    def __init__(self, setup: Setup) -> None:
+        super().__init__(setup)
+        self.address = setup.new_endpoint("ingest")
+        self.samples: list[Sample] = []
+        self.rejected: Counter[str] = Counter()
+        self.ingest = IngestProcess(
+            self.address,
+            self.samples.extend,
+            lambda reason, detail: self.rejected.update([reason.value]),
+            spec=DecodeSpec((4,), 3, LIMIT),
+            curve=setup.server_curve,
+            authorized_keys_dir=setup.authorized_keys_dir,
+        )
+        self.ingest.start()
+
+    @property
+    def limit(self) -> int:
+        return LIMIT
+
+    def endpoint(self) -> str:
+        return self.address
+
+    def message(self, marker: int, size: int) -> list[bytes]:
+        def build(pad: str) -> bytes:
+            features = pack_array(np.zeros(4, dtype=np.float32))
+            return pack({"v": 1, "device": f"M{marker}", "seq": 0, "ts": 0.0, **features, "label": 0, "pad": pad})
+
+        return [padded(build, size)]
+
+    def handed_over(self, marker: int) -> bool:
+        return any(s.device == f"M{marker}" for s in list(self.samples))
+
+    def round_trip(self) -> None:
+        before = len(self.samples)
+        features = np.arange(4, dtype=np.float32)
+        with SamplePublisher(
+            self.address, "dev", send_timeout_ms=10_000, context=self.setup.context, curve=self.setup.client_curve
+        ) as publisher:
+            assert publisher.publish(features, 2)
+        wait_for(lambda: len(self.samples) > before, what="the sample")
+        sample = self.samples[before]
+        assert (sample.device, sample.label) == ("dev", 2)
+        np.testing.assert_array_equal(sample.features, features)
+
+    def malformed(self) -> list[list[bytes]]:
+        return [[b"\xc1garbage"], [b"two", b"frames"], [pack({"v": 1})]]
+
+    def malformed_counted(self) -> int:
+        return sum(self.rejected.values())
+
+    def stop(self) -> None:
+        self.ingest.stop()
+
+
 class ControlContract(Contract):
     server = ControlServer
     socket_type = zmq.DEALER
@@ -317,7 +383,9 @@ class SnapshotContract(Contract):
         self.service.stop()
 
 
-ADAPTERS: dict[type, type[Contract]] = {c.server: c for c in (IngestContract, ControlContract, SnapshotContract)}
+ADAPTERS: dict[type, type[Contract]] = {
+    c.server: c for c in (IngestContract, IngestProcessContract, ControlContract, SnapshotContract)
+}
 KINDS = ["ipc", "tcp-curve"]
 
 
@@ -346,6 +414,7 @@ def setup(request: pytest.FixtureRequest, ipc_dir: str, tmp_path: Path) -> Itera
             server_curve=load_keypair(server_secret),
             client_curve=ClientCurve(keys=load_keypair(client_secret), server_public=load_public_key(server_public)),
             authenticator=auth,
+            authorized_keys_dir=str(tmp_path / "clients"),
             overhead=CURVE_OVERHEAD,
         )
     yield made

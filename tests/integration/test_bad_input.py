@@ -11,6 +11,7 @@ import sys
 
 import msgpack
 import numpy as np
+import pytest
 
 from ferretd.messages import RejectReason
 from tests.integration.harness import (
@@ -72,8 +73,9 @@ def status(config) -> dict:
     return reply.result
 
 
-def test_every_rejection_reason_is_counted_and_nothing_accepted_is_lost(ipc_dir, tmp_path):
-    path = write_config(ipc_dir, ingest={"max_message_bytes": MAX_BYTES})
+@pytest.mark.parametrize("decode_in", ["thread", "process"])
+def test_every_rejection_reason_is_counted_and_nothing_accepted_is_lost(ipc_dir, tmp_path, decode_in):
+    path = write_config(ipc_dir, ingest={"max_message_bytes": MAX_BYTES, "decode_in": decode_in})
     config = config_from(path)
     log_path = tmp_path / "ferretd.log"
     proc = start_process("ferretd", path, log_path)

@@ -7,8 +7,10 @@ upscaled to 28x28), microbatch 8, at **2x and 4x** the rate one sequential conv 
 repetition. The ferret daemon plans with ``[pipeline] executor = "auto"``: the planner weighs
 thread lanes against process lanes by their measured overheads. Two more daemons with a fixed
 plan, P1 N2 on worker threads and on worker processes, show what a second lane does whatever
-the planner chose. Reported per overload: medians of trained samples/s (trained / seconds from
-the first send until drained) and their ratio, and online accuracy over all arrivals.
+the planner chose, and one more sequential daemon decodes its arrivals on a thread of its own
+process (``[ingest] decode_in = "thread"``) instead of in the ingest process (the default).
+Reported per overload: medians of trained samples/s (trained / seconds from the first send
+until drained) and their ratio, and online accuracy over all arrivals.
 
 Part 2, below, is the MLP-on-digits run at 4x (3 runs with ``--full``, medians).
 
@@ -290,6 +292,12 @@ def conv_variants(rate: float) -> dict[str, dict[str, Any]]:
         },
         "P1 N2 threads": {**ferret, "pipeline": {"plan": "manual", "workers": 2, "executor": "realtime"}},
         "P1 N2 processes": {**ferret, "pipeline": {"plan": "manual", "workers": 2, "executor": "process"}},
+        "sequential, decode in thread": {
+            **base,
+            "ingest": {**base["ingest"], "decode_in": "thread"},
+            "pipeline": {"plan": "manual", "stages": 1, "workers": 1},
+            "compensation": {"method": "none"},
+        },
     }
 
 
@@ -333,7 +341,10 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
         f"Conv net (8, 16, 32 channels) on {source}, microbatch {CONV_MB}; one sequential daemon sustains "
         f"**{seq_rate:.0f} samples/s** (calibration: {len(y_cal)} samples as fast as possible). {n} samples per run, "
         f"{reps} repetition(s) per overload, each daemon alone on the box in rotating order; ingest queue 256, "
-        "drop_oldest; ferret: plan auto, executor auto, iter_fisher; P1 N2 rows: a fixed plan of two workers.",
+        "drop_oldest; ferret: plan auto, executor auto, iter_fisher; P1 N2 rows: a fixed plan of two workers. "
+        "Every daemon decodes arrivals in its ingest process (the default, [ingest] decode_in = \"process\") except "
+        "'sequential, decode in thread', the same sequential daemon decoding on a thread of its own process "
+        "(the default before 2026-12-03 21:00 UTC).",
         "",
         "| overload | daemon | plans (executor) | trained/s median | ratio vs sequential | online acc % median "
         "| CPU cores used, median | per run trained/s | per run online acc % |",

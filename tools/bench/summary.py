@@ -133,6 +133,14 @@ def other_rows(out_dir: Path) -> list[Row]:
                         r2 = m[fixed]["trained_per_s"] / m["sequential"]["trained_per_s"]
                         claim = f"Real-time daemon, conv net at {x[1:]}x overload: fixed {fixed} vs sequential"
                         rows.append((claim, "(diagnostic)", f"{r2:.2f}x", ""))
+                old = m.get("sequential, decode in thread")
+                if old:
+                    r3 = m["sequential"]["trained_per_s"] / old["trained_per_s"]
+                    claim = (
+                        f"Real-time daemon, conv net at {x[1:]}x overload: sequential daemon decoding in its ingest "
+                        "process vs on a thread"
+                    )
+                    rows.append((claim, "(diagnostic)", f"{r3:.2f}x", ""))
             mlp = realtime.get("mlp") or {}
             if "ferret" in mlp and "sequential" in mlp:
                 r = mlp["ferret"]["trained_per_s"] / mlp["sequential"]["trained_per_s"]

@@ -122,7 +122,8 @@ def test_plain_data_modules_load_no_third_party_package(module: str) -> None:
 # --------------------------------------------------------------------------- rule 2
 
 TRANSPORTS = under("transports")
-SERVERS = {"transports.zmq_ingest", "transports.zmq_snapshots", "transports.zmq_control"}
+SERVERS = {"transports.zmq_ingest", "transports.zmq_ingest_process", "transports.zmq_snapshots",
+           "transports.zmq_control"}  # fmt: skip
 CLIENT_SIDE = ["transports.wire", "transports.arrays", "transports.client", "transports.control_client",
                "transports.security", "transports.codec"]  # fmt: skip
 
