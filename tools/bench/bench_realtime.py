@@ -344,7 +344,7 @@ def conv_runs(quick: bool, root: Path) -> tuple[list[str], dict[str, Any]]:
         "drop_oldest; ferret: plan auto, executor auto, iter_fisher; P1 N2 rows: a fixed plan of two workers. "
         "Every daemon decodes arrivals in its ingest process (the default, [ingest] decode_in = \"process\") except "
         "'sequential, decode in thread', the same sequential daemon decoding on a thread of its own process "
-        "(the default before 2026-12-03 21:00 UTC).",
+        "(the default before 2026-12-03 20:20 UTC).",
         "",
         "| overload | daemon | plans (executor) | trained/s median | ratio vs sequential | online acc % median "
         "| CPU cores used, median | per run trained/s | per run online acc % |",
@@ -492,7 +492,7 @@ def run_mlp(quick: bool) -> dict[str, Any]:
         "at most what keeps its lanes busy (`in_flight_capacity`); the rest waits in the bounded ingest queue, "
         "whose drop_oldest policy keeps what is trained fresh. The planner charges lanes their measured "
         "per-action overhead (process lanes: the daemon's own CPU per action), the shared cores and the daemon's "
-        "own work per arrival; where the daemon's CPU goes is in docs/planner.md section 4b.",
+        "own work per arrival; where the daemon's CPU goes is in docs/planner.md sections 4b and 4c.",
     ]
     data = {"sequential_rate": seq_rate, "target_rate": rate, "reached_rate": reached, "samples": len(y_all)}
     return {
