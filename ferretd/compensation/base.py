@@ -108,15 +108,14 @@ class Compensator(ABC):
         stats.staleness_max = max(stats.staleness_max, tau)
         with torch.no_grad():
             out = self._compensate(stage, grads, pinned, current, deltas)
+            changed = [i for i, (g, c) in enumerate(zip(grads, out, strict=True)) if c is not g]
             fell_back = False
-            changed = False
-            for i, (g, c) in enumerate(zip(grads, out, strict=True)):
-                if c is g:
-                    continue
-                changed = True
-                if not _acceptable(g, c, self.max_correction):
-                    out[i] = g
-                    fell_back = True
+            if changed:
+                ok = _acceptable_all([grads[i] for i in changed], [out[i] for i in changed], self.max_correction)
+                for i, accept in zip(changed, ok, strict=True):
+                    if not accept:
+                        out[i] = grads[i]
+                        fell_back = True
         if fell_back:
             stats.fallbacks += 1
         elif changed:
@@ -173,6 +172,17 @@ def _acceptable(g: Tensor, c: Tensor, max_correction: float) -> bool:
     correction = float(torch.linalg.vector_norm(c - g))
     bound = max_correction * float(torch.linalg.vector_norm(g))
     return math.isfinite(correction) and correction <= bound
+
+
+def _acceptable_all(grads: Sequence[Tensor], corrected: Sequence[Tensor], max_correction: float) -> list[bool]:
+    """:func:`_acceptable` for each pair, with fused norms and one sync (a loop per tensor spent
+    ~0.2 ms of Python per update on a 9k-parameter conv net)."""
+    grads, corrected = list(grads), list(corrected)
+    corrections = torch._foreach_norm(torch._foreach_sub(corrected, grads))
+    norms = torch._foreach_norm(grads)
+    values = torch.stack([*corrections, *norms]).tolist()
+    n = len(grads)
+    return [math.isfinite(c) and c <= max_correction * g for c, g in zip(values[:n], values[n:], strict=True)]
 
 
 def clone_tensors(tensors: Sequence[Tensor]) -> list[Tensor]:

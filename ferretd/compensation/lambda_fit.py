@@ -111,7 +111,7 @@ class LambdaFitter:
         """Take one observation (gradient at its evaluation point); False if it was skipped."""
         st = self.stages.get(stage)
         with torch.no_grad():
-            if not all(bool(torch.isfinite(g).all()) for g in grads):
+            if not _all_finite(grads):
                 if st is not None:
                     st.skipped += 1
                 return False
@@ -134,24 +134,30 @@ class LambdaFitter:
             if all(v == v and abs(v) != float("inf") for v in fd + ff) and any(v > 0 for v in ff):
                 self._update_lambda(st, fd, ff)
             a = self.alpha
-            for e, sq, pp, g, p in zip(st.ema_grad, st.prev_sq, st.prev_point, grads, point, strict=True):
-                e.mul_(a).add_(g, alpha=1.0 - a)
-                torch.mul(g, g, out=sq)
-                pp.copy_(p)
+            grads, point = list(grads), list(point)
+            torch._foreach_mul_(st.ema_grad, a)
+            torch._foreach_add_(st.ema_grad, grads, alpha=1.0 - a)
+            torch._foreach_copy_(st.prev_sq, grads)
+            torch._foreach_mul_(st.prev_sq, grads)
+            torch._foreach_copy_(st.prev_point, point)
             st.observations += 1
         return True
 
     def _pair_statistics(
         self, st: StageFit, grads: Sequence[Tensor], point: Sequence[Tensor]
     ) -> tuple[list[float], list[float]]:
-        fd: list[float] = []
-        ff: list[float] = []
-        for e, sq, pp, g, p in zip(st.ema_grad, st.prev_sq, st.prev_point, grads, point, strict=True):
-            feature = sq * (p - pp)
-            target = g - e  # (D - E) / (1 - alpha): see the module docstring
-            fd.append(float(torch.sum(feature * target, dtype=torch.float64)))
-            ff.append(float(torch.sum(feature * feature, dtype=torch.float64)))
-        return fd, ff
+        # One fused call per step over all tensors (a loop per tensor spent ~0.7 ms of Python on a
+        # 9k-parameter conv net, inside the stage's single-writer update). Same values bit for bit:
+        # feature = g_prev^2 (.) (p - p_prev), target = g - E, and float64 sums of float32
+        # products. Two |w| temporaries at most (compensation_temp_factor in the memory model).
+        feature = torch._foreach_sub(list(point), st.prev_point)
+        torch._foreach_mul_(feature, st.prev_sq)
+        target = torch._foreach_sub(list(grads), st.ema_grad)  # (D - E) / (1 - alpha): see the module docstring
+        torch._foreach_mul_(target, feature)
+        torch._foreach_mul_(feature, feature)
+        sums = torch.stack([t.sum(dtype=torch.float64) for t in (*target, *feature)]).tolist()
+        n = len(target)
+        return sums[:n], sums[n:]
 
     def _update_lambda(self, st: StageFit, fd: list[float], ff: list[float]) -> None:
         st.pairs += 1
@@ -216,6 +222,15 @@ class LambdaFitter:
             st.ema_grad = [t.to(device) for t in st.ema_grad]
             st.prev_sq = [t.to(device) for t in st.prev_sq]
             st.prev_point = [t.to(device) for t in st.prev_point]
+
+
+def _all_finite(tensors: Sequence[Tensor]) -> bool:
+    """True when every element is finite: one fused norm per tensor, one sync (a NaN or an inf
+    makes its tensor's norm non-finite; so would a finite tensor whose norm overflows, which is
+    no usable observation either)."""
+    if not tensors:
+        return True
+    return bool(torch.isfinite(torch.stack(torch._foreach_norm(list(tensors)))).all())
 
 
 def ridge_lambda(s_fd: float, s_ff: float, nu: float) -> float:
