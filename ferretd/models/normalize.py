@@ -19,9 +19,10 @@ Decisions (``[model] normalize``, ``normalize_decay``, ``normalize_clip``):
 * Near-constant features: ``std = max(sqrt(var), 1e-6 * (|mean| + 1))``; a feature that was
   always the same value maps to 0 (``x - mean = 0``), never to a huge number. Normalised values
   are clipped to ``[-clip, clip]`` so one wild reading cannot blow up an update.
-* The forward uses float32 ``shift``/``scale`` buffers derived from the statistics after every
-  update; export (``frozen()``) copies exactly those buffers into the ONNX graph, so
-  ferret-infer applies the identical transform.
+* The forward uses float32 ``shift``/``scale`` buffers derived from the statistics (brought up
+  to date when next used, not on every update); export (``frozen()``) copies exactly those
+  buffers into the ONNX graph, so ferret-infer applies the identical transform. ``apply`` (the
+  learner's per-sample path) does the same float32 arithmetic in numpy.
 """
 
 from __future__ import annotations
@@ -61,6 +62,10 @@ class RunningNorm(FrozenNorm):
         self.count = 0
         self.mean = np.zeros(self.shape, dtype=np.float64)
         self.var = np.zeros(self.shape, dtype=np.float64)
+        self._dirty = True
+        self._stale_buffers = True
+        self._shift32 = np.zeros(self.shape, dtype=np.float32)
+        self._scale32 = np.ones(self.shape, dtype=np.float32)
 
     def update(self, x: np.ndarray) -> None:
         """Fold one sample (of the configured shape) into the statistics."""
@@ -68,22 +73,49 @@ class RunningNorm(FrozenNorm):
         self.count += 1
         rate = max(1.0 / self.count, self.decay)
         d = xs - self.mean
-        self.mean += rate * d
-        self.var = (1.0 - rate) * (self.var + rate * d * d)
-        self._refresh()
+        step = rate * d
+        self.mean += step
+        step *= d  # (rate * d) * d, then var = (1 - rate) * (var + that): in place, the same bits
+        self.var += step
+        self.var *= 1.0 - rate
+        self._dirty = True
+
+    def _arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The float32 shift and scale of the current statistics (computed once per update)."""
+        if self._dirty:
+            std = np.maximum(np.sqrt(self.var), REL_EPS * (np.abs(self.mean) + 1.0))
+            self._shift32 = self.mean.astype(np.float32)
+            self._scale32 = std.astype(np.float32)
+            self._dirty = False
+            self._stale_buffers = True
+        return self._shift32, self._scale32
 
     def _refresh(self) -> None:
-        std = np.maximum(np.sqrt(self.var), REL_EPS * (np.abs(self.mean) + 1.0))
-        self.shift.copy_(torch.from_numpy(self.mean.astype(np.float32)))
-        self.scale.copy_(torch.from_numpy(std.astype(np.float32)))
+        """Bring the module's buffers (what forward, export and ONNX use) to the current statistics."""
+        shift, scale = self._arrays()
+        if self._stale_buffers:
+            self.shift.copy_(torch.from_numpy(shift))
+            self.scale.copy_(torch.from_numpy(scale))
+            self._stale_buffers = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._refresh()
+        return super().forward(x)
 
     def apply(self, x: np.ndarray) -> np.ndarray:
-        """Normalise one numpy sample with the current statistics (float32)."""
-        with torch.no_grad():
-            return self.forward(torch.as_tensor(np.asarray(x, dtype=np.float32))).numpy()
+        """Normalise one numpy sample with the current statistics (float32), in numpy: the same
+        elementwise float32 subtract, divide and clip as :meth:`forward`, so the same bits (tested),
+        without a torch call or a buffer copy per sample (the learner calls it on every sample)."""
+        shift, scale = self._arrays()
+        z = np.asarray(x, dtype=np.float32) - shift
+        z /= scale
+        if self.clip > 0:
+            np.clip(z, -self.clip, self.clip, out=z)
+        return z
 
     def frozen(self) -> FrozenNorm:
         """A standalone copy of the current transform, for export."""
+        self._refresh()
         return FrozenNorm(self.shift, self.scale, self.clip)
 
     def stats(self) -> dict[str, Any]:
@@ -98,6 +130,7 @@ class RunningNorm(FrozenNorm):
         if mean.shape != self.shape or var.shape != self.shape:
             raise ValueError(f"normaliser state has shape {mean.shape}, the model input is {self.shape}")
         self.count, self.mean, self.var = int(state["count"]), mean.copy(), var.copy()
+        self._dirty = True
         self._refresh()
 
 

@@ -99,3 +99,48 @@ def test_exported_onnx_applies_the_identical_transform():
     norm.update(probe[0])  # the exported copy is frozen: later updates do not leak into it
     with torch.no_grad():
         np.testing.assert_allclose(exported(torch.as_tensor(probe)).numpy(), got, atol=1e-5, rtol=1e-5)
+
+
+class EagerNorm:
+    """The update rule and transform as the module docstring states them, recomputed after every
+    sample with torch's float32 forward (what the normaliser did before it went lazy, issue 12)."""
+
+    def __init__(self, shape: tuple[int, ...], decay: float, clip: float) -> None:
+        self.shape, self.decay, self.clip = shape, decay, clip
+        self.count = 0
+        self.mean = np.zeros(shape)
+        self.var = np.zeros(shape)
+
+    def update(self, x: np.ndarray) -> None:
+        xs = np.asarray(x, dtype=np.float64).reshape(self.shape)
+        self.count += 1
+        rate = max(1.0 / self.count, self.decay)
+        d = xs - self.mean
+        self.mean = self.mean + rate * d
+        self.var = (1.0 - rate) * (self.var + rate * d * d)
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        std = np.maximum(np.sqrt(self.var), 1e-6 * (np.abs(self.mean) + 1.0))
+        shift = torch.from_numpy(self.mean.astype(np.float32))
+        scale = torch.from_numpy(std.astype(np.float32))
+        z = (torch.as_tensor(np.asarray(x, dtype=np.float32)) - shift) / scale
+        return torch.clamp(z, -self.clip, self.clip).numpy()
+
+
+@pytest.mark.parametrize("decay", [0.0, 0.01])
+def test_the_lazy_numpy_path_equals_the_eager_torch_transform_bit_for_bit(decay: float) -> None:
+    rng = np.random.default_rng(3)
+    shape = (1, 6, 5)
+    norm, eager = RunningNorm(shape, decay=decay, clip=3.0), EagerNorm(shape, decay, 3.0)
+    for i in range(300):
+        x = (rng.normal(size=shape) * rng.choice([1e-3, 1.0, 1e5], size=shape) + i % 7).astype(np.float32)
+        norm.update(x)
+        eager.update(x)
+        np.testing.assert_array_equal(norm.apply(x), eager.apply(x))  # what the learner trains on
+        if i % 50 == 0:  # what predict (the module's forward) and export see, from the lazy buffers
+            with torch.no_grad():
+                np.testing.assert_array_equal(norm(torch.from_numpy(x)).numpy(), eager.apply(x))
+                np.testing.assert_array_equal(norm.frozen()(torch.from_numpy(x)).numpy(), eager.apply(x))
+    np.testing.assert_array_equal(norm.mean, eager.mean)
+    np.testing.assert_array_equal(norm.var, eager.var)
+    assert np.abs(norm.apply(x)).max() == 3.0, "clipping was exercised"
