@@ -190,16 +190,22 @@ class IngestContract(Contract):
         return any(f.startswith(b"M%d:" % marker) for f in self.frames)
 
     def round_trip(self) -> None:
-        before = len(self.frames)
+        before = self.handed_count()
         features = np.arange(4, dtype=np.float32)
         with SamplePublisher(
             self.address, "dev", send_timeout_ms=10_000, context=self.setup.context, curve=self.setup.client_curve
         ) as publisher:
             assert publisher.publish(features, 2)
-        wait_for(lambda: len(self.frames) > before, what="the sample")
-        sample = self.decoder.decode(self.frames[before])
+        wait_for(lambda: self.handed_count() > before, what="the sample")
+        sample = self.sample_at(before)
         assert (sample.device, sample.label) == ("dev", 2)
         np.testing.assert_array_equal(sample.features, features)
+
+    def handed_count(self) -> int:
+        return len(self.frames)
+
+    def sample_at(self, index: int) -> Sample:
+        return self.decoder.decode(self.frames[index])
 
     def malformed(self) -> list[list[bytes]]:
         return [[b"\xc1garbage"], [b"two", b"frames"], [pack({"v": 1})]]
@@ -211,17 +217,15 @@ class IngestContract(Contract):
         self.ingest.stop()
 
 
-class IngestProcessContract(Contract):
+class IngestProcessContract(IngestContract):
     """The ingest socket in its own process hands over decoded samples, not frames: ``limit`` is
     the decoder's limit (a frame past it is counted ``too_large`` in the child and never handed
     over; ZeroMQ's MAXMSGSIZE guard lies further out, as for the thread)."""
 
     server = IngestProcess
-    socket_type = zmq.PUSH
-    envelope: ClassVar[list[bytes]] = []
 
     def __init__(self, setup: Setup) -> None:
-        super().__init__(setup)
+        Contract.__init__(self, setup)
         self.address = setup.new_endpoint("ingest")
         self.samples: list[Sample] = []
         self.rejected: Counter[str] = Counter()
@@ -239,9 +243,6 @@ class IngestProcessContract(Contract):
     def limit(self) -> int:
         return LIMIT
 
-    def endpoint(self) -> str:
-        return self.address
-
     def message(self, marker: int, size: int) -> list[bytes]:
         def build(pad: str) -> bytes:
             features = pack_array(np.zeros(4, dtype=np.float32))
@@ -252,26 +253,11 @@ class IngestProcessContract(Contract):
     def handed_over(self, marker: int) -> bool:
         return any(s.device == f"M{marker}" for s in list(self.samples))
 
-    def round_trip(self) -> None:
-        before = len(self.samples)
-        features = np.arange(4, dtype=np.float32)
-        with SamplePublisher(
-            self.address, "dev", send_timeout_ms=10_000, context=self.setup.context, curve=self.setup.client_curve
-        ) as publisher:
-            assert publisher.publish(features, 2)
-        wait_for(lambda: len(self.samples) > before, what="the sample")
-        sample = self.samples[before]
-        assert (sample.device, sample.label) == ("dev", 2)
-        np.testing.assert_array_equal(sample.features, features)
+    def handed_count(self) -> int:
+        return len(self.samples)
 
-    def malformed(self) -> list[list[bytes]]:
-        return [[b"\xc1garbage"], [b"two", b"frames"], [pack({"v": 1})]]
-
-    def malformed_counted(self) -> int:
-        return sum(self.rejected.values())
-
-    def stop(self) -> None:
-        self.ingest.stop()
+    def sample_at(self, index: int) -> Sample:
+        return self.samples[index]
 
 
 class ControlContract(Contract):
