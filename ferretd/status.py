@@ -78,11 +78,13 @@ def accuracy_report(score: ScoreComponent, ingest: IngestComponent, ledger: Ledg
 
 
 def socket_report(parts: StatusSources) -> dict[str, Any]:
-    """Requests refused by each server socket (answered ``ok: false``), and handler errors on ingest."""
+    """Requests refused by each server socket (answered ``ok: false``), handler errors on ingest,
+    and how often the ingest process was lost and restarted."""
     return {
         "control_errors": parts.control.errors,
         "snapshot_errors": parts.snapshots.errors,
         "ingest_handler_errors": parts.ingest.handler_errors,
+        "ingest_restarts": parts.ingest.restarts,
     }
 
 

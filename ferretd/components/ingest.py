@@ -116,6 +116,11 @@ class IngestComponent:
     def handler_errors(self) -> int:
         return self.server.handler_errors if self.server is not None else 0
 
+    @property
+    def restarts(self) -> int:
+        """Times the ingest process was lost and started again (0 when decoding on a thread)."""
+        return self.server.restarts if isinstance(self.server, IngestProcess) else 0
+
     def observe_drops(self) -> None:
         """Feed the health check's recent-drop window (about once a second)."""
         now = time.monotonic()

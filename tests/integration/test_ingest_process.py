@@ -10,6 +10,7 @@ import signal
 import threading
 
 import numpy as np
+import psutil
 import pytest
 import zmq
 
@@ -130,5 +131,19 @@ def test_a_daemon_decoding_in_a_child_trains_and_its_counters_add_up(ipc_dir: st
         assert counters["trained"] == 300
         assert counters["invalid"] == {"malformed": 1}
         assert counters["balanced"]
+        assert status()["sockets"]["ingest_restarts"] == 0
+
+        # The child dies (a decoder crash, the OOM killer): the daemon restarts it and trains on.
+        (child,) = [c for c in psutil.Process(proc.pid).children() if "zmq_ingest_process" in " ".join(c.cmdline())]
+        child.kill()
+        wait_for(lambda: status()["sockets"]["ingest_restarts"] == 1, timeout=30, what="the restart")
+        with SamplePublisher(config.ingest.endpoint, "dev-2", send_timeout_ms=10_000) as publisher:
+
+            def trained_again() -> bool:
+                publisher.publish(x[0], int(y[0]))
+                return status()["counters"]["trained"] > 300
+
+            wait_for(trained_again, timeout=30, interval=0.2, what="training after the restart")
+        assert status()["counters"]["balanced"]
     finally:
         assert stop_process(proc) == 0
