@@ -135,6 +135,7 @@ class PipelineLearner(OnlineLearner):
 
     def _thread_fallback(self) -> None:
         """Every process worker is gone: thread lanes take over the same core and weights."""
+        log.warning("process_workers_lost", running_on="thread lanes", workers=len(self.plan.active_workers))
         self.executor.close()
         self.active = self.plan.active_workers
         acc = {(w, s): self.plan.workers[w].accumulation[s] for w in self.active for s in range(self.plan.num_stages)}

@@ -8,6 +8,8 @@ from collections import Counter
 
 import numpy as np
 import pytest
+import structlog
+import structlog.testing
 import torch
 
 from ferretd.config import TrainingConfig
@@ -101,4 +103,29 @@ def test_a_killed_worker_process_degrades_without_losing_the_ledger(make_mlp, st
         learner.learn_one(x[i % 40], int(y[i % 40]), done(i))
     assert learner.flush(60)
     assert reasons["trained"] == before + 10 and set(outcomes.values()) == {1}
+    learner.close()
+
+
+def test_when_every_worker_process_is_lost_thread_lanes_train_on_and_say_so(make_mlp, stream) -> None:
+    x, y = stream(40)
+    learner = PipelineLearner(make_mlp(), Plan.uniform(3, (), workers=2), TR, executor="process", devices="plan")
+    trained: list[bool] = []
+    for i in range(8):
+        learner.learn_one(x[i], int(y[i]), lambda o: trained.append(o.trained))
+    assert learner.flush(60)
+    for victim in learner.executor.procs.values():
+        os.kill(victim.pid, signal.SIGKILL)
+        victim.join(10)
+    sent = 8
+    with structlog.testing.capture_logs() as logs:
+        while learner.executor.kind == "process" and sent < 40:  # each lane finds its worker gone
+            learner.learn_one(x[sent], int(y[sent]), lambda o: trained.append(o.trained))
+            sent += 1
+            assert learner.flush(60)
+    assert learner.executor.kind == "realtime", "thread lanes took over"
+    assert any(e["event"] == "process_workers_lost" for e in logs), "the fallback is logged"
+    for i in range(5):
+        learner.learn_one(x[i], int(y[i]), lambda o: trained.append(o.trained))
+    assert learner.flush(60)
+    assert len(trained) == sent + 5 and trained[-5:] == [True] * 5, "every sample settled; the thread lanes train"
     learner.close()
